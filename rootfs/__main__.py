@@ -1,0 +1,5 @@
+"""Allow ``python -m rootfs``."""
+
+from rootfs.cli import main
+
+main()
