@@ -1,0 +1,240 @@
+"""Carry out a plan on a host tree: the only module of the build that writes to it.
+
+Every path changes atomically: content is written to a temporary name inside the
+tree's ``.rootfs/tmp`` (same filesystem) and renamed over the path, so a build
+killed at any moment leaves each path with either its old or its new content.
+The caller journals the plan's paths first and re-plans them from the disk's
+real state after a crash (see ``build.py``).
+
+Materialisation modes: ``copy`` (bytes copied in the kernel with
+copy_file_range), ``reflink`` (FICLONE: shared blocks, copy-on-write),
+``hardlink`` (the store's inode itself, see ``store.py``), and ``auto``
+(reflink where the filesystem supports it, else copy).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+import stat
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rootfs.errors import UserError
+from rootfs.fsmeta import set_fd_metadata, set_path_metadata
+from rootfs.manifest import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Entry
+from rootfs.plan import Action, Op, Plan
+from rootfs.store import Store
+
+MODES = ("auto", "copy", "reflink", "hardlink")
+FICLONE = 0x40049409  # linux/fs.h _IOW(0x94, 9, int)
+SCRATCH = ".rootfs"
+
+
+def tree_path(root: Path, path: str) -> str:
+    """The on-disk path of manifest *path* inside the tree at *root*."""
+    return str(root) if path == "/" else str(root) + path
+
+
+def reflink_supported(directory: Path) -> bool:
+    """Whether FICLONE works between two files in *directory*."""
+    directory.mkdir(parents=True, exist_ok=True)
+    src = directory / f".reflink-probe-{uuid.uuid4().hex}"
+    dst = directory / f".reflink-probe-{uuid.uuid4().hex}"
+    try:
+        with open(src, "wb") as s:
+            s.write(b"probe")
+        with open(src, "rb") as s, open(dst, "wb") as d:
+            fcntl.ioctl(d.fileno(), FICLONE, s.fileno())
+        return True
+    except OSError:
+        return False
+    finally:
+        for p in (src, dst):
+            p.unlink(missing_ok=True)
+
+
+def resolve_mode(mode: str, tree_root: Path) -> str:
+    """Turn ``auto`` into ``reflink`` or ``copy`` for the filesystem holding the tree."""
+    if mode not in MODES:
+        raise UserError(f"unknown materialisation mode '{mode}'; use one of {', '.join(MODES)}")
+    if mode == "auto":
+        return "reflink" if reflink_supported(tree_root / SCRATCH / "tmp") else "copy"
+    return mode
+
+
+def _copy_into(src_fd: int, dst_fd: int, size: int) -> None:
+    remaining = size
+    while remaining > 0:
+        copied = os.copy_file_range(src_fd, dst_fd, min(remaining, 1 << 30))
+        if copied == 0:
+            raise UserError("store object shorter than its manifest size; run 'rootfs gc --verify'")
+        remaining -= copied
+
+
+@dataclass
+class ApplyStats:
+    """What an apply did, for the build summary."""
+
+    ops: int = 0
+    bytes_written: int = 0
+    moved_aside: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Applier:
+    """Runs plans against one host tree."""
+
+    root: Path
+    store: Store
+    mode: str  # resolved: copy, reflink or hardlink
+    stats: ApplyStats = field(default_factory=ApplyStats)
+
+    def __post_init__(self) -> None:
+        self.scratch = self.root / SCRATCH / "tmp"
+
+    def prepare(self) -> None:
+        """Create the tree root and an empty scratch directory (leftovers are garbage)."""
+        if self.scratch.exists():
+            shutil.rmtree(self.scratch)
+        self.scratch.mkdir(parents=True, mode=0o700)
+
+    def run(self, plan: Plan, *, on_op: Callable[[Op], None] | None = None) -> ApplyStats:
+        """Apply every operation of *plan* in order."""
+        handlers = {
+            Action.REMOVE: self._remove,
+            Action.PUT: self._put,
+            Action.LINK: self._link,
+            Action.META: self._meta,
+            Action.DIR_META: self._dir_meta,
+        }
+        for op in plan.ops:
+            try:
+                handlers[op.action](op)
+            except OSError as exc:
+                raise UserError(
+                    f"{tree_path(self.root, op.path)}: {op.action.value} failed: {exc.strerror};"
+                    " fix the cause and run 'rootfs build' again (it resumes)"
+                ) from exc
+            self.stats.ops += 1
+            if on_op is not None:
+                on_op(op)
+        return self.stats
+
+    # ------------------------------------------------------------ operations
+
+    def _tmp(self) -> str:
+        return str(self.scratch / uuid.uuid4().hex)
+
+    def _remove(self, op: Op) -> None:
+        target = tree_path(self.root, op.path)
+        try:
+            st = os.lstat(target)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(target)
+            return
+        try:
+            os.rmdir(target)
+        except OSError as exc:
+            if exc.errno != errno.ENOTEMPTY:
+                raise
+            self._move_aside(target, op.path)
+
+    def _move_aside(self, target: str, path: str) -> None:
+        """A directory to remove still holds host-local files: keep them, out of the way."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        dest = self.root / SCRATCH / "orphans" / stamp / path.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(target, dest)
+        self.stats.moved_aside.append(f"{path} -> {dest}")
+
+    def _clear_dir_in_the_way(self, target: str) -> None:
+        try:
+            st = os.lstat(target)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                os.rmdir(target)
+            except OSError as exc:
+                if exc.errno != errno.ENOTEMPTY:
+                    raise
+                self._move_aside(target, target[len(str(self.root)) :])
+
+    def _install(self, tmp: str, target: str) -> None:
+        try:
+            os.rename(tmp, target)
+        except IsADirectoryError:
+            self._clear_dir_in_the_way(target)
+            os.rename(tmp, target)
+
+    def _put(self, op: Op) -> None:
+        entry, target = op.entry, tree_path(self.root, op.path)
+        if entry.kind == DIR:
+            self._ensure_dir(target)
+            return
+        if entry.kind == FILE:
+            self._put_file(entry, target)
+            return
+        tmp = self._tmp()
+        if entry.kind == SYMLINK:
+            os.symlink(entry.target, tmp)
+        elif entry.kind in (CHAR, BLOCK):
+            fmt = stat.S_IFCHR if entry.kind == CHAR else stat.S_IFBLK
+            os.mknod(tmp, fmt | 0o600, os.makedev(*entry.rdev))
+        elif entry.kind == FIFO:
+            os.mkfifo(tmp, 0o600)
+        set_path_metadata(tmp, entry)
+        self._install(tmp, target)
+
+    def _ensure_dir(self, target: str) -> None:
+        try:
+            os.mkdir(target, 0o700)
+        except FileExistsError:
+            if not os.path.isdir(target) or os.path.islink(target):
+                os.unlink(target)
+                os.mkdir(target, 0o700)
+        # Final mode, owner and mtime come with the DIR_META operation.
+
+    def _put_file(self, entry: Entry, target: str) -> None:
+        tmp = self._tmp()
+        if self.mode == "hardlink":
+            os.link(self.store.link_source(entry), tmp)
+        else:
+            src = os.open(self.store.object_path(entry.digest), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                try:
+                    if self.mode == "reflink":
+                        fcntl.ioctl(dst, FICLONE, src)
+                    else:
+                        _copy_into(src, dst, entry.size)
+                    set_fd_metadata(dst, entry)
+                finally:
+                    os.close(dst)
+            finally:
+                os.close(src)
+            self.stats.bytes_written += entry.size
+        self._install(tmp, target)
+
+    def _link(self, op: Op) -> None:
+        tmp = self._tmp()
+        os.link(tree_path(self.root, op.entry.link), tmp)
+        self._install(tmp, tree_path(self.root, op.path))
+
+    def _meta(self, op: Op) -> None:
+        if op.entry.kind == FILE and self.mode == "hardlink":
+            # The inode is shared with the store and other hosts: link the right one.
+            self._put_file(op.entry, tree_path(self.root, op.path))
+            return
+        set_path_metadata(tree_path(self.root, op.path), op.entry, fresh=False)
+
+    def _dir_meta(self, op: Op) -> None:
+        set_path_metadata(tree_path(self.root, op.path), op.entry, fresh=False)

@@ -1,0 +1,36 @@
+"""What every command needs: the site and the state directory, loaded on first use."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rootfs.site import Site, find_site_dir, load_site
+from rootfs.state import State
+
+
+@dataclass
+class Context:
+    """Lazily loaded site and state, so `rootfs init` and `--help` need neither."""
+
+    cli_site: Path | None
+    _site: Site | None = field(default=None, init=False)
+
+    @property
+    def site_dir(self) -> Path:
+        return find_site_dir(cli_site=self.cli_site, environ=os.environ, cwd=Path.cwd())
+
+    @property
+    def site(self) -> Site:
+        if self._site is None:
+            self._site = load_site(self.site_dir, environ=os.environ)
+        return self._site
+
+    def reload(self) -> Site:
+        self._site = None
+        return self.site
+
+    @property
+    def state(self) -> State:
+        return State(self.site.config.state_dir)

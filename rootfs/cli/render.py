@@ -1,0 +1,33 @@
+"""Shared output formatting for commands that build."""
+
+from __future__ import annotations
+
+import click
+
+from rootfs.build import HostResult
+from rootfs.plan import Action
+from rootfs.progress import human_bytes
+
+
+def echo_result(result: HostResult) -> None:
+    """One summary line per host build (plus the plan for --dry-run)."""
+    name = result.host.name
+    counts = result.plan.counts()
+    summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+    if result.dry_run:
+        click.echo(f"{name}: would apply {len(result.plan.ops)} operations ({summary or 'none'})")
+        for op in result.plan.ops:
+            if op.action is not Action.DIR_META:
+                click.echo(f"  {op.action.value:<6} {op.path}")
+        return
+    if result.up_to_date and not result.recovered:
+        click.echo(f"{name}: up to date")
+        return
+    note = " (resumed an interrupted build)" if result.recovered else ""
+    click.echo(
+        f"{name}: {summary or 'no path changes'}; {result.stats.ops} operations,"
+        f" {human_bytes(result.stats.bytes_written)} written, mode {result.mode},"
+        f" {result.seconds:.2f}s{note}"
+    )
+    for moved in result.stats.moved_aside:
+        click.echo(f"  kept host-local files of a removed directory: {moved}", err=True)

@@ -1,0 +1,65 @@
+"""``rootfs status`` and ``rootfs init``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from rootfs import disk
+from rootfs.cli.context import Context
+from rootfs.inventory import init_site
+from rootfs.manifest import diff
+
+
+@click.command()
+@click.option("--no-drift", is_flag=True, help="Skip reading the trees (faster on big sites).")
+@click.pass_obj
+def status(ctx: Context, no_drift: bool) -> None:
+    """One row per host: base and generation applied, overlays, last build, drift."""
+    site = ctx.site
+    state = ctx.state
+    click.echo(
+        f"site {site.root}   state {site.config.state_dir}   exports {site.config.export_root}"
+    )
+    if not site.hosts:
+        click.echo("no hosts yet; add one with 'rootfs host add'")
+        return
+    click.echo(
+        f"{'HOST':<12} {'IP':<15} {'BASE@GEN':<14} {'OVERLAYS':<16} {'MODE':<8}"
+        f" {'LAST BUILD':<16} DRIFT"
+    )
+    for h in site.hosts:
+        record = state.host_record(h.name)
+        if record is None:
+            click.echo(
+                f"{h.name:<12} {h.ip!s:<15} {'-':<14} {','.join(h.overlays):<16}"
+                f" {'-':<8} {'never':<16} -"
+            )
+            continue
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.built_at))
+        drift = "-"
+        if not no_drift:
+            applied = state.applied_manifest(h.name)
+            if applied is not None:
+                found = disk.read_tree(str(site.host_root(h)), applied)
+                drift = str(len(diff(applied, found, ignore_dir_mtime=True)))
+        if state.read_journal(h.name) is not None:
+            drift += " (interrupted build: rerun 'rootfs build')"
+        gen = f"{record.base}@{record.generation}"
+        click.echo(
+            f"{h.name:<12} {h.ip!s:<15} {gen:<14} {','.join(record.overlays):<16}"
+            f" {record.mode:<8} {when:<16} {drift}"
+        )
+
+
+@click.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def init(directory: Path) -> None:
+    """Create a new site skeleton in DIRECTORY, every setting explained in comments."""
+    init_site(directory)
+    click.echo(
+        f"created site {directory}: edit site.toml, add overlays under overlays/,"
+        f" then 'rootfs --site {directory} host add ...'"
+    )

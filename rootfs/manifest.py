@@ -1,0 +1,346 @@
+"""Manifests: the complete, immutable description of a root tree, and their diff.
+
+A manifest lists every entry of a tree (files, directories, symlinks, hardlinks,
+devices, fifos) with its metadata and, for files, the xxh3-128 digest naming its
+content in the store. Base generations, composed host trees and the trees last
+applied to hosts are all manifests; a generation is identified by the digest of
+its manifest file.
+
+File format, version 1 (UTF-8 text, one entry per line, sorted by path)::
+
+    rootfs-manifest 1
+    /	d	0755	0	0	1700000000000000000	0	-	-	-
+    /bin	l	0777	0	0	1700000000000000000	7	usr/bin	-	-
+    /dev/null	c	0666	0	0	1700000000000000000	0	1:3	-	-
+    /usr/bin/ping	f	0755	0	0	1700000000000000000	90464	<32 hex>	-	security.capability=0100000200200000...
+
+Ten tab-separated fields: path, type, mode, uid, gid, mtime, size, data, link, xattrs.
+
+- path: absolute, ``/`` for the root itself. Lines are in strictly ascending
+  order of path (Python string order), so a parent precedes its children.
+- type: ``f`` regular file, ``d`` directory, ``l`` symlink, ``c``/``b``
+  character/block device, ``p`` fifo. Sockets are never recorded.
+- mode: permission bits including setuid/setgid/sticky, four octal digits.
+- uid, gid: numeric owner. mtime: nanoseconds since the epoch. size: bytes of
+  content for files, length of the target for symlinks, else 0.
+- data: the content digest (files), the target (symlinks), ``major:minor``
+  (devices), else ``-``.
+- link: hardlink group: ``-`` for none, else the first path (in sort order) of
+  the group; every member of a group is the same inode.
+- xattrs: ``-`` or ``name=hexvalue`` pairs joined by ``;``, sorted by name.
+
+Text fields (path, symlink target, link, xattr names) escape ``\\`` as ``\\\\``
+and control characters (and, in xattr names, ``=`` and ``;``) as ``\\xNN``;
+bytes that are not valid UTF-8 are written as ``\\xNN`` with NN >= 80. Lines
+starting with ``#`` are comments.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import xxhash
+
+from rootfs.errors import ManifestFormatError
+
+FORMAT_HEADER = "rootfs-manifest 1"
+
+FILE, DIR, SYMLINK, CHAR, BLOCK, FIFO = "f", "d", "l", "c", "b", "p"
+KINDS = frozenset({FILE, DIR, SYMLINK, CHAR, BLOCK, FIFO})
+KIND_NAMES = {
+    FILE: "file",
+    DIR: "directory",
+    SYMLINK: "symlink",
+    CHAR: "character device",
+    BLOCK: "block device",
+    FIFO: "fifo",
+}
+
+Xattrs = tuple[tuple[str, bytes], ...]
+
+
+class Entry(NamedTuple):
+    """One path of a tree. A NamedTuple because manifests hold 100k of them."""
+
+    path: str
+    kind: str
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+    size: int
+    data: str = ""
+    link: str = ""
+    xattrs: Xattrs = ()
+
+    @property
+    def digest(self) -> str:
+        """Content digest of a regular file."""
+        return self.data if self.kind == FILE else ""
+
+    @property
+    def target(self) -> str:
+        """Target of a symlink."""
+        return self.data if self.kind == SYMLINK else ""
+
+    @property
+    def rdev(self) -> tuple[int, int]:
+        """(major, minor) of a device node."""
+        major, _, minor = self.data.partition(":")
+        return int(major), int(minor)
+
+    def same_content(self, other: Entry) -> bool:
+        """True when the two entries need no rewrite of the path's content."""
+        return (
+            self.kind == other.kind
+            and self.data == other.data
+            and self.size == other.size
+            and self.link == other.link
+        )
+
+    def same_metadata(self, other: Entry, *, ignore_dir_mtime: bool = False) -> bool:
+        """True when mode, owner, mtime and xattrs agree."""
+        if (self.mode, self.uid, self.gid, self.xattrs) != (
+            other.mode,
+            other.uid,
+            other.gid,
+            other.xattrs,
+        ):
+            return False
+        if ignore_dir_mtime and self.kind == DIR:
+            return True
+        return self.mtime_ns == other.mtime_ns
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """An immutable tree description: entries keyed by path, in path order."""
+
+    entries: Mapping[str, Entry]
+
+    @classmethod
+    def from_entries(cls, entries: Iterable[Entry]) -> Manifest:
+        """Build a manifest from entries in any order (later duplicates win)."""
+        by_path = {e.path: e for e in entries}
+        return cls({p: by_path[p] for p in sorted(by_path)})
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self.entries.values())
+
+    def __contains__(self, path: object) -> bool:
+        return path in self.entries
+
+    def get(self, path: str) -> Entry | None:
+        return self.entries.get(path)
+
+    def total_file_bytes(self) -> int:
+        """Bytes of file content, each hardlinked inode counted once."""
+        return sum(e.size for e in self if e.kind == FILE and (not e.link or e.link == e.path))
+
+    def digests(self) -> set[str]:
+        """Every content digest the manifest refers to."""
+        return {e.data for e in self if e.kind == FILE}
+
+
+# ---------------------------------------------------------------- escaping
+
+_NEEDS_ESCAPE = re.compile(r"[\x00-\x1f\x7f\\\udc80-\udcff]")
+_NEEDS_ESCAPE_XATTR = re.compile(r"[\x00-\x1f\x7f\\\udc80-\udcff=;]")
+_ESCAPE_SEQ = re.compile(r"\\(\\|x[0-9a-fA-F]{2})")
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    if char == "\\":
+        return "\\\\"
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a non-UTF-8 byte kept by surrogateescape
+        code -= 0xDC00
+    return f"\\x{code:02x}"
+
+
+def escape(text: str) -> str:
+    """Escape a path or symlink target for one tab-separated field."""
+    return _NEEDS_ESCAPE.sub(_escape_char, text) if _NEEDS_ESCAPE.search(text) else text
+
+
+def _escape_xattr_name(name: str) -> str:
+    return _NEEDS_ESCAPE_XATTR.sub(_escape_char, name)
+
+
+def _unescape_seq(match: re.Match[str]) -> str:
+    seq = match.group(1)
+    if seq == "\\":
+        return "\\"
+    code = int(seq[1:], 16)
+    return chr(0xDC00 + code) if code >= 0x80 else chr(code)
+
+
+def unescape(text: str) -> str:
+    """Invert :func:`escape`."""
+    return _ESCAPE_SEQ.sub(_unescape_seq, text) if "\\" in text else text
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _format_xattrs(xattrs: Xattrs) -> str:
+    if not xattrs:
+        return "-"
+    return ";".join(f"{_escape_xattr_name(name)}={value.hex()}" for name, value in xattrs)
+
+
+def format_entry(entry: Entry) -> str:
+    """One manifest line (without the newline)."""
+    data = escape(entry.data) if entry.kind == SYMLINK else entry.data
+    return "\t".join(
+        (
+            escape(entry.path),
+            entry.kind,
+            f"{entry.mode:04o}",
+            str(entry.uid),
+            str(entry.gid),
+            str(entry.mtime_ns),
+            str(entry.size),
+            data or "-",
+            escape(entry.link) if entry.link else "-",
+            _format_xattrs(entry.xattrs),
+        )
+    )
+
+
+def serialize(manifest: Manifest) -> bytes:
+    """The manifest file's bytes; equal manifests give equal bytes."""
+    lines = [FORMAT_HEADER]
+    lines.extend(format_entry(e) for e in manifest)
+    lines.append("")
+    return "\n".join(lines).encode("utf-8", "surrogateescape")
+
+
+def manifest_digest(data: bytes) -> str:
+    """The identity of a manifest file: xxh3-128 of its bytes."""
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _parse_xattrs(field: str) -> Xattrs:
+    if field == "-":
+        return ()
+    pairs = []
+    for item in field.split(";"):
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"xattr {item!r} is not name=hexvalue")
+        pairs.append((unescape(name), bytes.fromhex(value)))
+    return tuple(pairs)
+
+
+def parse(data: bytes, *, source: str) -> Manifest:
+    """Parse a manifest file's bytes; *source* names the file in errors."""
+    text = data.decode("utf-8", "surrogateescape")
+    lines = text.split("\n")
+    if not lines or lines[0] != FORMAT_HEADER:
+        found = lines[0][:40] if lines else ""
+        raise ManifestFormatError(
+            f"{source}: line 1: expected header {FORMAT_HEADER!r}, found {found!r}"
+        )
+    entries: dict[str, Entry] = {}
+    previous = ""
+    for number, line in enumerate(lines[1:], start=2):
+        if not line or line[0] == "#":
+            continue
+        fields = line.split("\t")
+        try:
+            if len(fields) != 10:
+                raise ValueError(f"expected 10 tab-separated fields, found {len(fields)}")
+            path, kind, mode, uid, gid, mtime, size, edata, link, xattrs = fields
+            if "\\" in path:
+                path = unescape(path)
+            if kind not in KINDS:
+                raise ValueError(f"unknown entry type {kind!r}")
+            if edata == "-":
+                edata = ""
+            elif kind == SYMLINK:
+                edata = unescape(edata)
+            entry = Entry(
+                path,
+                kind,
+                int(mode, 8),
+                int(uid),
+                int(gid),
+                int(mtime),
+                int(size),
+                edata,
+                "" if link == "-" else unescape(link),
+                () if xattrs == "-" else _parse_xattrs(xattrs),
+            )
+        except ValueError as exc:
+            raise ManifestFormatError(f"{source}: line {number}: {exc}") from None
+        if path <= previous and entries:
+            raise ManifestFormatError(
+                f"{source}: line {number}: path {path!r} is out of order or repeated"
+            )
+        if not path.startswith("/"):
+            raise ManifestFormatError(f"{source}: line {number}: path {path!r} is not absolute")
+        previous = path
+        entries[path] = entry
+    return Manifest(entries)
+
+
+# ---------------------------------------------------------------- diff
+
+ChangeKind = Literal["added", "removed", "modified", "metadata"]
+
+
+class Change(NamedTuple):
+    """How one path differs between two manifests."""
+
+    path: str
+    kind: ChangeKind
+    old: Entry | None
+    new: Entry | None
+
+
+def classify(
+    old: Entry | None, new: Entry | None, *, ignore_dir_mtime: bool = False
+) -> ChangeKind | None:
+    """The kind of change from *old* to *new*, or None when they agree."""
+    if old is None:
+        return None if new is None else "added"
+    if new is None:
+        return "removed"
+    if old == new:
+        return None
+    if not old.same_content(new):
+        return "modified"
+    if not old.same_metadata(new, ignore_dir_mtime=ignore_dir_mtime):
+        return "metadata"
+    return None
+
+
+def diff(old: Manifest, new: Manifest, *, ignore_dir_mtime: bool = False) -> list[Change]:
+    """Path-level differences from *old* to *new*, in path order."""
+    changes = []
+    old_entries, new_entries = old.entries, new.entries
+    for path in sorted(old_entries.keys() | new_entries.keys()):
+        before, after = old_entries.get(path), new_entries.get(path)
+        if before == after:
+            continue
+        kind = classify(before, after, ignore_dir_mtime=ignore_dir_mtime)
+        if kind is not None:
+            changes.append(Change(path, kind, before, after))
+    return changes
+
+
+def parent_of(path: str) -> str:
+    """The parent directory of an absolute manifest path (``/`` for top level)."""
+    head = path.rpartition("/")[0]
+    return head or "/"

@@ -1,0 +1,230 @@
+"""The state directory: base generations, what was applied to each host, the lock.
+
+Layout under ``<state>``::
+
+    lock                         held (flock) by the command writing state
+    store/                       see store.py
+    bases/<name>/<gen>.manifest  generation manifests, immutable once written
+    bases/<name>/<gen>.json      when, from where, digest, entry and byte counts
+    bases/<name>/current         the current generation's number
+    hosts/<name>/applied.manifest  the manifest last applied to the host's tree
+    hosts/<name>/record.json     base, generation, overlays, mode, time of that apply
+    hosts/<name>/journal         paths of an apply in flight (removed when it completes)
+
+Every file is replaced atomically (temp + fsync + rename), so readers see old or
+new, never half.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rootfs.durable import atomic_write_bytes
+from rootfs.errors import UserError
+from rootfs.manifest import Manifest, escape, manifest_digest, parse, serialize, unescape
+from rootfs.store import Store
+
+BASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+JOURNAL_HEADER = "rootfs-journal 1"
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One imported generation of a base."""
+
+    base: str
+    number: int
+    digest: str
+    created: float
+    source: str
+    entries: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class HostRecord:
+    """What was last applied to a host's tree, and how."""
+
+    host: str
+    ip: str
+    base: str
+    generation: int
+    overlays: list[str]
+    mode: str
+    manifest_digest: str
+    built_at: float
+    inputs: str = ""  # digest of everything the tree was composed from (see Builder.inputs_digest)
+
+
+class State:
+    """Access to everything under the state directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.store = Store(root / "store")
+
+    # ---------------------------------------------------------------- lock
+
+    @contextmanager
+    def lock(self, command: str) -> Iterator[None]:
+        """Hold the state lock; fail at once, naming the holder, if another command has it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+                raise UserError(
+                    f"another rootfs command holds the lock on {self.root}: {holder};"
+                    " wait for it to finish"
+                ) from None
+            since = time.strftime("%Y-%m-%d %H:%M:%S")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"rootfs {command} since {since}, pid {os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+    # ---------------------------------------------------------------- bases
+
+    def base_dir(self, base: str) -> Path:
+        if not BASE_NAME.match(base):
+            raise UserError(
+                f"'{base}' is not a valid base name; use letters, digits, '.', '_' and '-'"
+            )
+        return self.root / "bases" / base
+
+    def bases(self) -> list[str]:
+        directory = self.root / "bases"
+        if not directory.is_dir():
+            return []
+        return sorted(p.name for p in directory.iterdir() if (p / "current").exists())
+
+    def current_generation(self, base: str) -> Generation | None:
+        current = self.base_dir(base) / "current"
+        try:
+            number = int(current.read_text().strip())
+        except FileNotFoundError:
+            return None
+        return self.generation(base, number)
+
+    def require_current(self, base: str) -> Generation:
+        gen = self.current_generation(base)
+        if gen is None:
+            known = ", ".join(self.bases()) or "none yet"
+            raise UserError(
+                f"unknown base '{base}' (imported: {known});"
+                f" import it with 'rootfs base import {base} SOURCE'"
+            )
+        return gen
+
+    def generation(self, base: str, number: int) -> Generation:
+        path = self.base_dir(base) / f"{number}.json"
+        try:
+            return Generation(**json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise UserError(f"base '{base}' has no generation {number}") from None
+
+    def generations(self, base: str) -> list[Generation]:
+        directory = self.base_dir(base)
+        numbers = sorted(int(p.stem) for p in directory.glob("*.json") if p.stem.isdigit())
+        return [self.generation(base, n) for n in numbers]
+
+    def load_generation(self, gen: Generation) -> Manifest:
+        path = self.base_dir(gen.base) / f"{gen.number}.manifest"
+        return parse(path.read_bytes(), source=str(path))
+
+    def add_generation(self, base: str, manifest: Manifest, *, source: str) -> Generation:
+        """Record *manifest* as the next generation of *base* and make it current.
+
+        The manifest is written before ``current`` moves, so a crash leaves the
+        previous generation current.
+        """
+        directory = self.base_dir(base)
+        directory.mkdir(parents=True, exist_ok=True)
+        latest = max((g.number for g in self.generations(base)), default=0)
+        data = serialize(manifest)
+        gen = Generation(
+            base=base,
+            number=latest + 1,
+            digest=manifest_digest(data),
+            created=time.time(),
+            source=source,
+            entries=len(manifest),
+            bytes=manifest.total_file_bytes(),
+        )
+        atomic_write_bytes(directory / f"{gen.number}.manifest", data)
+        atomic_write_bytes(directory / f"{gen.number}.json", json.dumps(asdict(gen)).encode())
+        atomic_write_bytes(directory / "current", f"{gen.number}\n".encode())
+        return gen
+
+    # ---------------------------------------------------------------- hosts
+
+    def host_dir(self, host: str) -> Path:
+        return self.root / "hosts" / host
+
+    def applied_manifest(self, host: str) -> Manifest | None:
+        path = self.host_dir(host) / "applied.manifest"
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        return parse(data, source=str(path))
+
+    def host_record(self, host: str) -> HostRecord | None:
+        try:
+            raw = json.loads((self.host_dir(host) / "record.json").read_text())
+        except FileNotFoundError:
+            return None
+        return HostRecord(**raw)
+
+    def record_applied(self, record: HostRecord, manifest_bytes: bytes) -> None:
+        """Store what was applied; the manifest first, so the record never points ahead."""
+        directory = self.host_dir(record.host)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(directory / "applied.manifest", manifest_bytes)
+        atomic_write_bytes(directory / "record.json", json.dumps(asdict(record)).encode())
+
+    def forget_host(self, host: str) -> None:
+        directory = self.host_dir(host)
+        for name in ("journal", "record.json", "applied.manifest"):
+            (directory / name).unlink(missing_ok=True)
+        if directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
+
+    # -------------------------------------------------------------- journal
+
+    def write_journal(self, host: str, paths: set[str]) -> None:
+        """Record the paths an apply is about to touch, durably, before touching them."""
+        directory = self.host_dir(host)
+        directory.mkdir(parents=True, exist_ok=True)
+        lines = [JOURNAL_HEADER, *sorted(escape(p) for p in paths), ""]
+        atomic_write_bytes(
+            directory / "journal", "\n".join(lines).encode("utf-8", "surrogateescape")
+        )
+
+    def read_journal(self, host: str) -> set[str] | None:
+        """Paths of an interrupted apply, or None when the last apply completed."""
+        path = self.host_dir(host) / "journal"
+        try:
+            text = path.read_bytes().decode("utf-8", "surrogateescape")
+        except FileNotFoundError:
+            return None
+        lines = text.split("\n")
+        if not lines or lines[0] != JOURNAL_HEADER:
+            raise UserError(
+                f"{path}: not a rootfs journal; remove it and run 'rootfs build --repair'"
+            )
+        return {unescape(line) for line in lines[1:] if line}
+
+    def clear_journal(self, host: str) -> None:
+        (self.host_dir(host) / "journal").unlink(missing_ok=True)
