@@ -72,13 +72,16 @@ def measure(
     """Time ``fn(i)`` for i in 0..runs-1, after one untimed warm-up call ``fn(-1)``.
 
     The warm-up brings the data into the page cache for every contender alike: dropping caches
-    instead would need root and still favour whichever runs second. *setup* and *teardown* run
-    around each call, untimed.
+    instead would need root and still favour whichever runs second. Each call starts after a
+    sync, and what it leaves dirty is not waited for (as for any command run interactively).
+    *setup* and *teardown* run around each call, untimed.
     """
     samples: list[float] = []
     for i in range(-1 if warmup else 0, runs):
         if setup is not None:
             setup(i)
+        # Flush what earlier runs (and teardown) left dirty, so no one pays for another's writeback.
+        os.sync()
         start = time.perf_counter()
         fn(i)
         elapsed = time.perf_counter() - start

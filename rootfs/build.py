@@ -9,6 +9,7 @@ so it converges to the same tree as an uninterrupted run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -208,6 +209,9 @@ class Builder:
             and record is not None
             and self._record_current(record, desired)
         ):
+            inputs = self.inputs_digest(host, chosen)
+            if record.inputs != inputs:  # e.g. an overlay touched without changing content
+                self.state.update_record(dataclasses.replace(record, inputs=inputs))
             return HostResult(host, plan, record.mode, seconds=time.monotonic() - started)
         resolved = resolve_mode(chosen, root)
         applier = Applier(root, self.state.store, resolved)

@@ -80,19 +80,19 @@ def remove_host(site: Site, name: str) -> Host:
     index = [key for key, _ in siblings].index(name)
     tail = _tail(siblings[index][1])
     trailing = _pop_trailing_trivia(tail) if tail else []
-    # Where the header stood: after the previous host's last line, or for the first host, at its
-    # place in the explicit [hosts] table or in the document.
-    if index > 0:
-        previous = _tail(siblings[index - 1][1])
-        body = previous.body if previous else hosts.value.body  # after an inline `pc1 = {...}`
-        pos = len(body) if previous else hosts.value.body.index((None, siblings[index][1]))
+    # Where the header stood: after the previous host's last line, else among the trivia of
+    # its parent, the explicit [hosts] table or (when [hosts] is implicit) the document.
+    previous = _tail(siblings[index - 1][1]) if index > 0 else None
+    if previous is not None:
+        body, pos = previous.body, len(previous.body)
     else:
-        body = (doc if hosts.is_super_table() else hosts.value).body
-        pos = next(i for i, (k, _) in enumerate(body) if k is not None and k.key in (name, "hosts"))
+        parent, key = (doc, "hosts") if hosts.is_super_table() else (hosts.value, name)
+        body = parent.body
+        pos = next(i for i, (k, _) in enumerate(body) if k is not None and k.key == key)
     # Delete through tomlkit's mapping before touching positions in the bodies by hand.
     del hosts[name]
-    if len(siblings) == 1:
-        del doc["hosts"]
+    if len(siblings) == 1 and hosts.is_super_table():
+        del doc["hosts"]  # an explicit, now empty [hosts] stays: it may carry comments
     while pos > 0 and isinstance(body[pos - 1][1], Comment):
         pos -= 1
         del body[pos]  # the comment block directly above the header describes the host

@@ -12,7 +12,7 @@ File format, version 1 (UTF-8 text, one entry per line, sorted by path)::
     /	d	0755	0	0	1700000000000000000	0	-	-	-
     /bin	l	0777	0	0	1700000000000000000	7	usr/bin	-	-
     /dev/null	c	0666	0	0	1700000000000000000	0	1:3	-	-
-    /usr/bin/ping	f	0755	0	0	1700000000000000000	90464	<32 hex>	-	security.capability=0100000200200000...
+    /usr/bin/ping	f	0755	0	0	0	90464	<digest>	-	security.capability=01...
 
 Ten tab-separated fields: path, type, mode, uid, gid, mtime, size, data, link, xattrs.
 

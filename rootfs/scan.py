@@ -12,17 +12,18 @@ refuse members that would land outside the root.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import lzma
 import os
 import re
 import stat
 import tarfile
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, cast
 
 import zstandard
 
@@ -30,7 +31,7 @@ from rootfs.errors import UserError
 from rootfs.fsmeta import entry_from_stat, read_xattrs
 from rootfs.manifest import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Entry, Manifest, parent_of
 from rootfs.progress import Progress
-from rootfs.store import Batch, Stored
+from rootfs.store import CHUNK, Batch, Stored
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.zst", ".tzst")
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -252,12 +253,39 @@ class _TarState:
     new_bytes: int = 0
 
 
-def _tar_members(stream: BinaryIO) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
-    with tarfile.open(
-        fileobj=stream, mode="r|*", encoding="utf-8", errors="surrogateescape"
-    ) as tar:
-        for member in tar:
-            yield tar, member
+def _decompressed(raw: BinaryIO) -> BinaryIO:
+    """The tar stream inside *raw*, by the compressor's magic bytes."""
+    magic = raw.read(6)
+    raw.seek(0)
+    if magic.startswith(b"\x1f\x8b"):
+        return cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb"))
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return cast(BinaryIO, lzma.LZMAFile(raw))
+    if magic.startswith(b"BZh"):
+        return cast(BinaryIO, bz2.BZ2File(raw))
+    if magic.startswith(ZSTD_MAGIC):
+        reader: BinaryIO = zstandard.ZstdDecompressor().stream_reader(
+            raw, read_across_frames=True, closefd=False
+        )
+        return reader
+    return raw
+
+
+def _check_end(tar: tarfile.TarFile, stream: BinaryIO) -> None:
+    """Fail unless the archive ended with its end-of-archive marker.
+
+    In stream mode tarfile stops quietly at a truncated or corrupt header past
+    the first member, which would silently drop the rest of the archive.
+    """
+    fileobj: Any = tar.fileobj
+    consumed = fileobj.tell() - tar.offset
+    if consumed < tarfile.BLOCKSIZE:
+        raise tarfile.ReadError(f"unexpected end of data at offset {tar.offset}")
+    following = fileobj.read(tarfile.BLOCKSIZE)
+    if following.strip(b"\0"):  # the block that stopped tarfile was no zero block
+        raise tarfile.ReadError(f"invalid member header at offset {tar.offset}")
+    while stream.read(CHUNK):  # reach the compressor's end-of-stream check
+        pass
 
 
 def scan_tarball(path: Path, batch: Batch, *, progress: Progress | None = None) -> ScanResult:
@@ -266,14 +294,18 @@ def scan_tarball(path: Path, batch: Batch, *, progress: Progress | None = None) 
     try:
         with open(path, "rb") as raw:
             tar_mtime_ns = os.fstat(raw.fileno()).st_mtime_ns
-            magic = raw.read(4)
-            raw.seek(0)
-            stream: BinaryIO = raw
-            if magic == ZSTD_MAGIC:
-                dctx = zstandard.ZstdDecompressor()
-                stream = dctx.stream_reader(raw, read_across_frames=True)
-            for tar, member in _tar_members(stream):
-                _add_member(path, tar, member, batch, state, progress)
+            with (
+                _decompressed(raw) as stream,
+                tarfile.open(
+                    fileobj=stream,
+                    mode="r|",
+                    encoding="utf-8",
+                    errors="surrogateescape",
+                ) as tar,
+            ):
+                for member in tar:
+                    _add_member(path, tar, member, batch, state, progress)
+                _check_end(tar, stream)
     except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdError) as exc:
         raise UserError(f"not a readable tar archive: '{path}': {exc}") from None
     except OSError as exc:
@@ -314,10 +346,11 @@ def _add_member(
     progress: Progress | None,
 ) -> None:
     path = _member_path(tarball, member.name)
-    if not (member.isreg() or member.islnk() or member.isdir() or member.issym()):
-        if not (member.ischr() or member.isblk() or member.isfifo()):
-            state.notes.append(f"skipped member {path} of unsupported tar type {member.type!r}")
-            return
+    if not (member.isreg() or member.islnk() or member.isdir() or member.issym()) and not (
+        member.ischr() or member.isblk() or member.isfifo()
+    ):
+        state.notes.append(f"skipped member {path} of unsupported tar type {member.type!r}")
+        return
     if path == "/" and not member.isdir():
         raise UserError(f"tarball '{tarball}': member '{member.name}' is not a directory")
     entries = state.entries

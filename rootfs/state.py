@@ -194,6 +194,12 @@ class State:
         atomic_write_bytes(directory / "applied.manifest", manifest_bytes)
         atomic_write_bytes(directory / "record.json", json.dumps(asdict(record)).encode())
 
+    def update_record(self, record: HostRecord) -> None:
+        """Rewrite a host's record alone (its tree and manifest unchanged)."""
+        atomic_write_bytes(
+            self.host_dir(record.host) / "record.json", json.dumps(asdict(record)).encode()
+        )
+
     def forget_host(self, host: str) -> None:
         directory = self.host_dir(host)
         for name in ("journal", "record.json", "applied.manifest"):

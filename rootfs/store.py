@@ -26,7 +26,7 @@ import errno
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,11 +46,11 @@ def hash_bytes(data: bytes) -> str:
     return xxhash.xxh3_128_hexdigest(data)
 
 
-def _libc_syncfs() -> ctypes._CFuncPtr | None:
+def _libc_syncfs() -> Callable[[int], int] | None:
     name = ctypes.util.find_library("c")
     if not name:
         return None
-    func = getattr(ctypes.CDLL(name, use_errno=True), "syncfs", None)
+    func: Callable[[int], int] | None = getattr(ctypes.CDLL(name, use_errno=True), "syncfs", None)
     return func
 
 
@@ -241,7 +241,7 @@ class Batch:
     def add_file(self, path: str, meta: Entry) -> Stored:
         """Store the content of the regular file at *path*."""
         with open(path, "rb", buffering=0) as stream:
-            return self.add_stream(stream, meta)  # type: ignore[arg-type]
+            return self.add_stream(stream, meta)
 
     def commit(self) -> None:
         """Make every pending object durable, then visible under its name."""

@@ -63,7 +63,9 @@ def zoo_tree(tmp_path: Path) -> Path:
     root.mkdir()
     os.chmod(root, 0o755)
 
-    def file(rel: str | bytes, data: bytes, mode: int = 0o644, owner: tuple[int, int] = (0, 0)) -> str:
+    def file(
+        rel: str | bytes, data: bytes, mode: int = 0o644, owner: tuple[int, int] = (0, 0)
+    ) -> str:
         path = os.path.join(os.fsencode(root), os.fsencode(rel))
         with open(path, "wb") as f:
             f.write(data)

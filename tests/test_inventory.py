@@ -250,3 +250,24 @@ def test_atomic_write_failure_leaves_old_file(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         atomic_write_bytes(target, b"new")
     assert [p.name for p in tmp_path.iterdir()] == ["d"]
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (  # an explicit [hosts] table stays, with the comments not about the host
+            '[hosts]\n# about pc1\n[hosts.pc1]\nmac = "52:54:00:00:00:01"\nip = "10.0.0.1"\n'
+            "\n# end\n",
+            "[hosts]\n\n# end\n",
+        ),
+        (  # inline tables carry their own comment block
+            '[hosts]\n# about pc1\npc1 = {mac = "52:54:00:00:00:01", ip = "10.0.0.1"}\n'
+            '# about pc2\npc2 = {mac = "52:54:00:00:00:02", ip = "10.0.0.2"}\n',
+            '[hosts]\n# about pc2\npc2 = {mac = "52:54:00:00:00:02", ip = "10.0.0.2"}\n',
+        ),
+    ],
+)
+def test_remove_host_from_other_table_styles(tmp_path: Path, before: str, after: str) -> None:
+    site = make_site(tmp_path, hosts_toml=before)
+    remove_host(site, "pc1")
+    assert hosts_text(site) == after

@@ -7,13 +7,13 @@ import os
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from rootfs.errors import UserError
-from rootfs.manifest import Entry, Manifest
+from rootfs.manifest import Entry, Manifest, Xattrs
 from rootfs.progress import Progress
 from rootfs.scan import ScanResult, scan_directory, scan_source, scan_tarball
 from rootfs.store import Store, hash_bytes
@@ -33,13 +33,22 @@ def scan(store: Store, source: Path, progress: Progress | None = None) -> ScanRe
         return scan_source(source, batch, progress=progress)
 
 
-def f(path: str, data: bytes, mode: int = 0o644, **kw: object) -> Entry:
-    entry = Entry(path, "f", mode, 0, 0, MTIME, len(data), hash_bytes(data))
-    return entry._replace(**kw)
+def f(
+    path: str,
+    data: bytes,
+    mode: int = 0o644,
+    *,
+    uid: int = 0,
+    gid: int = 0,
+    mtime_ns: int = MTIME,
+    link: str = "",
+    xattrs: Xattrs = (),
+) -> Entry:
+    return Entry(path, "f", mode, uid, gid, mtime_ns, len(data), hash_bytes(data), link, xattrs)
 
 
-def d(path: str, mode: int = 0o755, **kw: object) -> Entry:
-    return Entry(path, "d", mode, 0, 0, MTIME, 0)._replace(**kw)
+def d(path: str, mode: int = 0o755, *, uid: int = 0, gid: int = 0, mtime_ns: int = MTIME) -> Entry:
+    return Entry(path, "d", mode, uid, gid, mtime_ns, 0)
 
 
 def sym(path: str, target: str) -> Entry:
@@ -184,12 +193,8 @@ COMPRESSORS = {
 
 
 def gnu_tar(tree: Path, out: Path, *extra: str) -> Path:
-    subprocess.run(
-        ["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-cpf", out, *extra]
-        + ["-C", tree, "."],
-        check=True,
-        capture_output=True,
-    )
+    flags = ["--xattrs", "--xattrs-include=*", "--numeric-owner", "-cpf", str(out), *extra]
+    subprocess.run(["tar", *flags, "-C", str(tree), "."], check=True, capture_output=True)
     return out
 
 
@@ -233,7 +238,7 @@ def test_tar_suffix_is_optional(zoo_tree: Path, store: Store, tmp_path: Path) ->
     assert scan(store, renamed).manifest == scan(store, zoo_tree).manifest
 
 
-def python_tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
+def python_tar(path: Path, members: Sequence[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
         for info, data in members:
             if data is not None:
@@ -399,3 +404,22 @@ def test_deep_tree(store: Store, tmp_path: Path) -> None:
     shutil.copy(__file__, path / "leaf.py")
     manifest = scan(store, root).manifest
     assert len(manifest) == 202
+
+
+def test_plain_tarball_cut_between_members_is_a_user_error(
+    zoo_tree: Path, store: Store, tmp_path: Path
+) -> None:
+    whole = gnu_tar(zoo_tree, tmp_path / "whole.tar")
+    with tarfile.open(whole) as tar:
+        offsets = [m.offset for m in tar.getmembers()]
+    data = whole.read_bytes()
+    broken = tmp_path / "broken.tar"
+    broken.write_bytes(data[: offsets[len(offsets) // 2]])
+    with pytest.raises(UserError, match="unexpected end of data"):
+        scan(store, broken)
+    # a header with a bad checksum mid-archive must not end the archive quietly
+    corrupt = bytearray(data)
+    corrupt[offsets[len(offsets) // 2] + 148] ^= 0x01
+    broken.write_bytes(bytes(corrupt))
+    with pytest.raises(UserError, match="not a readable tar archive"):
+        scan(store, broken)
