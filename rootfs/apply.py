@@ -27,7 +27,7 @@ from pathlib import Path
 
 from rootfs.errors import UserError
 from rootfs.fsmeta import set_fd_metadata, set_path_metadata
-from rootfs.manifest import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Entry
+from rootfs.manifest import BLOCK, CHAR, DIR, FILE, SYMLINK, Entry
 from rootfs.plan import Action, Op, Plan
 from rootfs.store import Store
 
@@ -97,6 +97,8 @@ class Applier:
 
     def __post_init__(self) -> None:
         self.scratch = self.root / SCRATCH / "tmp"
+        self._scratch_prefix = f"{self.scratch}/{os.getpid()}."
+        self._counter = 0
 
     def prepare(self) -> None:
         """Create the tree root and an empty scratch directory (leftovers are garbage)."""
@@ -129,7 +131,24 @@ class Applier:
     # ------------------------------------------------------------ operations
 
     def _tmp(self) -> str:
-        return str(self.scratch / uuid.uuid4().hex)
+        # The scratch directory is emptied by prepare(), so a counter is unique.
+        self._counter += 1
+        return f"{self._scratch_prefix}{self._counter}"
+
+    def _create(self, make: Callable[[str], None], target: str) -> str:
+        """Create an inode at *target* directly when nothing is there, else beside it.
+
+        Creating a symlink, node or hardlink is atomic, so a fresh path needs no
+        temporary name; an existing one is replaced by rename. Returns the name
+        made, which the caller installs with _install() if it is not *target*.
+        """
+        try:
+            make(target)
+            return target
+        except FileExistsError:
+            tmp = self._tmp()
+            make(tmp)
+            return tmp
 
     def _remove(self, op: Op) -> None:
         target = tree_path(self.root, op.path)
@@ -169,6 +188,8 @@ class Applier:
                 self._move_aside(target, target[len(str(self.root)) :])
 
     def _install(self, tmp: str, target: str) -> None:
+        if tmp == target:
+            return
         try:
             os.rename(tmp, target)
         except IsADirectoryError:
@@ -183,16 +204,15 @@ class Applier:
         if entry.kind == FILE:
             self._put_file(entry, target)
             return
-        tmp = self._tmp()
         if entry.kind == SYMLINK:
-            os.symlink(entry.target, tmp)
+            made = self._create(lambda p: os.symlink(entry.target, p), target)
         elif entry.kind in (CHAR, BLOCK):
             fmt = stat.S_IFCHR if entry.kind == CHAR else stat.S_IFBLK
-            os.mknod(tmp, fmt | 0o600, os.makedev(*entry.rdev))
-        elif entry.kind == FIFO:
-            os.mkfifo(tmp, 0o600)
-        set_path_metadata(tmp, entry)
-        self._install(tmp, target)
+            made = self._create(lambda p: os.mknod(p, fmt | 0o600, os.makedev(*entry.rdev)), target)
+        else:
+            made = self._create(lambda p: os.mkfifo(p, 0o600), target)
+        set_path_metadata(made, entry)
+        self._install(made, target)
 
     def _ensure_dir(self, target: str) -> None:
         try:
@@ -204,30 +224,30 @@ class Applier:
         # Final mode, owner and mtime come with the DIR_META operation.
 
     def _put_file(self, entry: Entry, target: str) -> None:
-        tmp = self._tmp()
         if self.mode == "hardlink":
-            os.link(self.store.link_source(entry), tmp)
-        else:
-            src = os.open(self.store.object_path(entry.digest), os.O_RDONLY | os.O_CLOEXEC)
+            source = self.store.link_source(entry)
+            self._install(self._create(lambda p: os.link(source, p), target), target)
+            return
+        tmp = self._tmp()
+        src = os.open(self.store.object_path(entry.digest), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
-                dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-                try:
-                    if self.mode == "reflink":
-                        fcntl.ioctl(dst, FICLONE, src)
-                    else:
-                        _copy_into(src, dst, entry.size)
-                    set_fd_metadata(dst, entry)
-                finally:
-                    os.close(dst)
+                if self.mode == "reflink":
+                    fcntl.ioctl(dst, FICLONE, src)
+                else:
+                    _copy_into(src, dst, entry.size)
+                set_fd_metadata(dst, entry)
             finally:
-                os.close(src)
-            self.stats.bytes_written += entry.size
+                os.close(dst)
+        finally:
+            os.close(src)
+        self.stats.bytes_written += entry.size
         self._install(tmp, target)
 
     def _link(self, op: Op) -> None:
-        tmp = self._tmp()
-        os.link(tree_path(self.root, op.entry.link), tmp)
-        self._install(tmp, tree_path(self.root, op.path))
+        leader, target = tree_path(self.root, op.entry.link), tree_path(self.root, op.path)
+        self._install(self._create(lambda p: os.link(leader, p), target), target)
 
     def _meta(self, op: Op) -> None:
         if op.entry.kind == FILE and self.mode == "hardlink":

@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
 from rootfs.compose import AttrOverride, Layer
 from rootfs.errors import ConfigError, UserError
 from rootfs.fsmeta import kind_of
@@ -153,6 +151,8 @@ def load_overlay(overlays_dir: Path, name: str) -> Overlay:
 
 
 def _template_line(exc: BaseException, filename: str) -> int | None:
+    import jinja2
+
     if isinstance(exc, jinja2.TemplateSyntaxError):
         return exc.lineno
     for frame in reversed(traceback.extract_tb(exc.__traceback__)):
@@ -163,6 +163,8 @@ def _template_line(exc: BaseException, filename: str) -> int | None:
 
 def render_template(source: str, context: Mapping[str, object], *, overlay: str) -> bytes:
     """Render one template; errors name the template file and line."""
+    import jinja2  # deferred: most commands (and up-to-date builds) render nothing
+
     env = jinja2.Environment(
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
     )

@@ -91,7 +91,7 @@ class Store:
         self.objects = root / "objects"
         self.variants = root / "variants"
         self.tmp = root / "tmp"
-        self._inode_meta: dict[Path, tuple[object, ...]] = {}
+        self._inode_meta: dict[str, tuple[object, ...]] = {}
 
     def ensure(self) -> None:
         """Create the store's directories (private: objects may be setuid)."""
@@ -135,7 +135,7 @@ class Store:
 
     # -------------------------------------------------------- hardlink mode
 
-    def _inode_matches(self, path: Path, entry: Entry) -> bool:
+    def _inode_matches(self, path: str, entry: Entry) -> bool:
         meta = self._inode_meta.get(path)
         if meta is None:
             st = os.lstat(path)
@@ -144,17 +144,18 @@ class Store:
                 st.st_uid,
                 st.st_gid,
                 st.st_mtime_ns,
-                read_xattrs(str(path)),
+                read_xattrs(path),
             )
             self._inode_meta[path] = meta
         return meta == _meta_key(entry)
 
-    def link_source(self, entry: Entry) -> Path:
+    def link_source(self, entry: Entry) -> str:
         """An inode with *entry*'s content and metadata, for ``hardlink`` mode.
 
         The object itself when its metadata matches, else a variant made once.
         """
-        obj = self.object_path(entry.digest)
+        digest = entry.digest
+        obj = f"{self.objects}/{digest[:2]}/{digest[2:]}"  # hot path: no pathlib
         if self._inode_matches(obj, entry):
             return obj
         key = xxhash.xxh3_64_hexdigest(repr(_meta_key(entry)).encode())
@@ -168,7 +169,7 @@ class Store:
                 set_fd_metadata(dst.fileno(), entry)
                 os.fsync(dst.fileno())
             os.rename(tmp, variant)
-        return variant
+        return str(variant)
 
 
 @dataclass

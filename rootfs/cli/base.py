@@ -9,7 +9,6 @@ import click
 
 from rootfs.cli.context import Context
 from rootfs.progress import Progress, human_bytes
-from rootfs.scan import scan_source
 
 
 @click.group()
@@ -28,6 +27,8 @@ def import_(ctx: Context, name: str, source: Path) -> None:
     .tar.xz, .tar.zst). Every file's content is stored once, named by its
     xxh3-128 digest; importing content the store already has writes nothing.
     """
+    from rootfs.scan import scan_source  # deferred: tar and compression modules are slow to load
+
     state = ctx.state
     with state.lock(f"base import {name}"):
         state.base_dir(name)  # validates the name before any work

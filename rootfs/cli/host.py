@@ -10,7 +10,6 @@ from rootfs.build import Builder
 from rootfs.cli.context import Context
 from rootfs.cli.render import echo_result
 from rootfs.errors import UserError
-from rootfs.inventory import add_host, remove_host
 
 
 def _parse_vars(items: tuple[str, ...]) -> dict[str, str]:
@@ -73,11 +72,13 @@ def add(
     Example:
       rootfs host add pc7 --mac 52:54:00:12:34:57 --ip 10.0.0.17 --var role=lab
     """
+    from rootfs import inventory  # deferred: tomlkit is slow to load
+
     site = ctx.site
     state = ctx.state
     with state.lock(f"host add {name}"):
         state.require_current(base if base is not None else site.config.default_base)
-        added = add_host(
+        added = inventory.add_host(
             site,
             name=name,
             mac=mac,
@@ -98,7 +99,7 @@ def add(
         try:
             desired = builder.compose_hosts([added])
         except UserError:
-            remove_host(site, name)
+            inventory.remove_host(site, name)
             click.echo(f"removed {name} again: its tree cannot be composed", err=True)
             raise
         del desired
@@ -150,10 +151,12 @@ def show(ctx: Context, name: str) -> None:
 @click.pass_obj
 def remove(ctx: Context, name: str, purge: bool) -> None:
     """Remove host NAME from the inventory (its tree is kept unless --purge)."""
+    from rootfs import inventory  # deferred: tomlkit is slow to load
+
     site = ctx.site
     state = ctx.state
     with state.lock(f"host remove {name}"):
-        h = remove_host(site, name)
+        h = inventory.remove_host(site, name)
         root = site.host_root(h)
         if purge:
             if root.exists():

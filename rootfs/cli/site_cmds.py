@@ -7,9 +7,8 @@ from pathlib import Path
 
 import click
 
-from rootfs import disk
+from rootfs import disk, inventory
 from rootfs.cli.context import Context
-from rootfs.inventory import init_site
 from rootfs.manifest import diff
 
 
@@ -58,7 +57,8 @@ def status(ctx: Context, no_drift: bool) -> None:
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 def init(directory: Path) -> None:
     """Create a new site skeleton in DIRECTORY, every setting explained in comments."""
-    init_site(directory)
+
+    inventory.init_site(directory)
     click.echo(
         f"created site {directory}: edit site.toml, add overlays under overlays/,"
         f" then 'rootfs --site {directory} host add ...'"
