@@ -27,9 +27,9 @@ from pathlib import Path
 
 from rootfs.errors import UserError
 from rootfs.fsmeta import set_fd_metadata, set_path_metadata
-from rootfs.manifest import BLOCK, CHAR, DIR, FILE, SYMLINK, Entry
+from rootfs.manifest import DIR, FILE, Entry
 from rootfs.plan import Action, Op, Plan
-from rootfs.store import Store
+from rootfs.store import Store, make_node
 
 MODES = ("auto", "copy", "reflink", "hardlink")
 FICLONE = 0x40049409  # linux/fs.h _IOW(0x94, 9, int)
@@ -204,13 +204,11 @@ class Applier:
         if entry.kind == FILE:
             self._put_file(entry, target)
             return
-        if entry.kind == SYMLINK:
-            made = self._create(lambda p: os.symlink(entry.target, p), target)
-        elif entry.kind in (CHAR, BLOCK):
-            fmt = stat.S_IFCHR if entry.kind == CHAR else stat.S_IFBLK
-            made = self._create(lambda p: os.mknod(p, fmt | 0o600, os.makedev(*entry.rdev)), target)
-        else:
-            made = self._create(lambda p: os.mkfifo(p, 0o600), target)
+        if self.mode == "hardlink":
+            source = self.store.node_source(entry)
+            self._install(self._create(lambda p: os.link(source, p), target), target)
+            return
+        made = self._create(lambda p: make_node(p, entry), target)
         set_path_metadata(made, entry)
         self._install(made, target)
 
@@ -250,9 +248,9 @@ class Applier:
         self._install(self._create(lambda p: os.link(leader, p), target), target)
 
     def _meta(self, op: Op) -> None:
-        if op.entry.kind == FILE and self.mode == "hardlink":
+        if self.mode == "hardlink":
             # The inode is shared with the store and other hosts: link the right one.
-            self._put_file(op.entry, tree_path(self.root, op.path))
+            self._put(op)
             return
         set_path_metadata(tree_path(self.root, op.path), op.entry, fresh=False)
 

@@ -4,6 +4,7 @@ Layout under ``<state>/store``::
 
     objects/ab/<30 hex>          one inode per distinct content
     variants/ab/<digest>-<meta>  same content, other metadata (hardlink mode only)
+    nodes/ab/<key>               symlinks, devices, fifos, keyed by all they are (hardlink mode)
     tmp/                         objects being written
 
 An object's inode carries the metadata (mode, owner, mtime, xattrs) of the first
@@ -25,6 +26,7 @@ import ctypes.util
 import errno
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,8 +36,8 @@ from typing import BinaryIO, NamedTuple
 
 import xxhash
 
-from rootfs.fsmeta import read_xattrs, set_fd_metadata
-from rootfs.manifest import Entry
+from rootfs.fsmeta import read_xattrs, set_fd_metadata, set_path_metadata
+from rootfs.manifest import BLOCK, CHAR, FIFO, SYMLINK, Entry
 
 CHUNK = 1 << 20
 SMALL_FILE = 1 << 20  # read whole, hash, and write only if new
@@ -90,12 +92,13 @@ class Store:
         self.root = root
         self.objects = root / "objects"
         self.variants = root / "variants"
+        self.nodes = root / "nodes"
         self.tmp = root / "tmp"
         self._inode_meta: dict[str, tuple[object, ...]] = {}
 
     def ensure(self) -> None:
         """Create the store's directories (private: objects may be setuid)."""
-        for directory in (self.root, self.objects, self.variants, self.tmp):
+        for directory in (self.root, self.objects, self.variants, self.nodes, self.tmp):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def object_path(self, digest: str) -> Path:
@@ -170,6 +173,36 @@ class Store:
                 os.fsync(dst.fileno())
             os.rename(tmp, variant)
         return str(variant)
+
+    def node_source(self, entry: Entry) -> str:
+        """A shared inode for a symlink, device or fifo entry, for ``hardlink`` mode.
+
+        Creating an inode costs far more than linking one (on ext4 here, 0.3 ms
+        against 0.01 ms), so, like ``cp -al``, hosts in hardlink mode share them;
+        each distinct node is created once per store.
+        """
+        key = xxhash.xxh3_128_hexdigest(repr((entry.kind, entry.data, _meta_key(entry))).encode())
+        path = f"{self.nodes}/{key[:2]}/{key[2:]}"
+        if not os.path.lexists(path):
+            os.makedirs(f"{self.nodes}/{key[:2]}", mode=0o700, exist_ok=True)
+            tmp = str(self.tmp / uuid.uuid4().hex)
+            make_node(tmp, entry)
+            set_path_metadata(tmp, entry)
+            os.rename(tmp, path)
+        return path
+
+
+def make_node(path: str, entry: Entry) -> None:
+    """Create the symlink, device node or fifo *entry* describes (metadata not yet set)."""
+    if entry.kind == SYMLINK:
+        os.symlink(entry.target, path)
+    elif entry.kind in (CHAR, BLOCK):
+        fmt = stat.S_IFCHR if entry.kind == CHAR else stat.S_IFBLK
+        os.mknod(path, fmt | 0o600, os.makedev(*entry.rdev))
+    elif entry.kind == FIFO:
+        os.mkfifo(path, 0o600)
+    else:
+        raise ValueError(f"{entry.path}: a {entry.kind!r} entry is not a node")
 
 
 @dataclass

@@ -132,6 +132,10 @@ def test_hardlink_mode_shares_store_inodes_only_when_metadata_agrees(
     assert os.stat(one / "etc/motd").st_ino != os.stat(obj).st_ino
     assert os.stat(one / "etc/motd").st_mode & 0o7777 == 0o600
     assert os.stat(obj).st_mode & 0o7777 == 0o644
+    # Symlinks and device nodes are shared inodes too, made once in the store.
+    assert os.lstat(one / "links/rel").st_ino == os.lstat(two / "links/rel").st_ino
+    assert os.lstat(one / "dev/null").st_ino == os.lstat(two / "dev/null").st_ino
+    assert os.readlink(two / "links/rel") == "../small.txt"
 
 
 def test_second_build_touches_nothing(run: Run, imported: Path, tmp_path: Path) -> None:
@@ -208,8 +212,9 @@ def _big_base(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("mode", ["copy", "hardlink"])
 def test_kill_9_at_random_points_then_rebuild_converges(
-    run: Run, site: Path, tmp_path: Path
+    run: Run, site: Path, tmp_path: Path, mode: str
 ) -> None:
     base = _big_base(tmp_path)
     run("base", "import", "zoo", str(base))
@@ -217,7 +222,7 @@ def test_kill_9_at_random_points_then_rebuild_converges(
     # A clean reference build of pc2 (same content as pc1 apart from templates) tells how
     # long a full build takes, so the kills land inside one.
     started = time.monotonic()
-    run("build", "pc2")
+    run("build", "pc2", "--mode", mode)
     full = time.monotonic() - started
     env = {
         **os.environ,
@@ -238,7 +243,7 @@ def test_kill_9_at_random_points_then_rebuild_converges(
                         path.write_bytes(rng.randbytes(rng.randint(0, 8192)))
             run("base", "import", "zoo", str(base))
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rootfs", "build", "pc1"],
+            [sys.executable, "-m", "rootfs", "build", "pc1", "--mode", mode],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -255,8 +260,8 @@ def test_kill_9_at_random_points_then_rebuild_converges(
             proc.send_signal(signal.SIGKILL)
             killed += 1
         proc.wait()
-        run("build", "pc1")
-        run("build", "pc2")
+        run("build", "pc1", "--mode", mode)
+        run("build", "pc2", "--mode", mode)
         assert run("verify", "pc1", "--checksum").returncode == 0
         one = disk.read_tree(str(tree_of(tmp_path, "10.9.0.11")), applied(tmp_path, "pc1"))
         two = disk.read_tree(str(tree_of(tmp_path, "10.9.0.12")), applied(tmp_path, "pc2"))
