@@ -126,7 +126,7 @@ class Builder:
     def compose_hosts(self, hosts: Sequence[Host], *, store_objects: bool = True) -> list[Desired]:
         """Desired trees for *hosts*; rendered files enter the store unless told not to."""
         with self.state.store.batch() as batch:
-            renderer = LayerRenderer(batch)
+            renderer = LayerRenderer(batch, template_cache=self.state.root / "cache" / "jinja")
             result = []
             for host in hosts:
                 gen = self.state.require_current(host.base)

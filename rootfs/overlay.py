@@ -161,22 +161,48 @@ def _template_line(exc: BaseException, filename: str) -> int | None:
     return None
 
 
-def render_template(source: str, context: Mapping[str, object], *, overlay: str) -> bytes:
-    """Render one template; errors name the template file and line."""
-    import jinja2  # deferred: most commands (and up-to-date builds) render nothing
+class TemplateRenderer:
+    """Renders overlay templates, compiling each once per run.
 
-    env = jinja2.Environment(
-        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
-    )
-    try:
-        with open(source, encoding="utf-8") as f:
-            text = f.read()
-        return env.from_string(text, globals=None).render(dict(context)).encode()
-    except (jinja2.TemplateError, TypeError, ValueError, UnicodeDecodeError) as exc:
-        line = _template_line(exc, "<template>")
-        where = f"{source}:{line}" if line else source
-        message = exc.message if isinstance(exc, jinja2.TemplateError) else str(exc)
-        raise UserError(f"overlay '{overlay}': template {where}: {message}") from None
+    Compiled templates are also kept on disk in *cache_dir* (Jinja's bytecode
+    cache, keyed by the template's source), so later runs skip compilation.
+    """
+
+    def __init__(self, cache_dir: Path | None = None) -> None:
+        self._cache_dir = cache_dir
+        self._env: Any = None
+
+    def _environment(self) -> Any:
+        if self._env is None:
+            import jinja2  # deferred: most commands (and up-to-date builds) render nothing
+
+            cache = None
+            if self._cache_dir is not None:
+                self._cache_dir.mkdir(parents=True, exist_ok=True)
+                cache = jinja2.FileSystemBytecodeCache(str(self._cache_dir))
+            self._env = jinja2.Environment(
+                loader=jinja2.FileSystemLoader("/"),
+                bytecode_cache=cache,
+                undefined=jinja2.StrictUndefined,
+                keep_trailing_newline=True,
+                autoescape=False,
+                auto_reload=False,
+            )
+        return self._env
+
+    def render(self, source: str, context: Mapping[str, object], *, overlay: str) -> bytes:
+        """Render the template file *source*; errors name the file and line."""
+        env = self._environment()
+        import jinja2
+
+        try:
+            template = env.get_template(os.path.abspath(source).lstrip("/"))
+            return str(template.render(dict(context))).encode()
+        except (jinja2.TemplateError, TypeError, ValueError, UnicodeDecodeError) as exc:
+            line = _template_line(exc, os.path.abspath(source))
+            where = f"{source}:{line}" if line else source
+            message = exc.message if isinstance(exc, jinja2.TemplateError) else str(exc)
+            raise UserError(f"overlay '{overlay}': template {where}: {message}") from None
 
 
 class LayerRenderer:
@@ -185,9 +211,10 @@ class LayerRenderer:
     Plain overlay files are hashed once per run, whatever the number of hosts.
     """
 
-    def __init__(self, batch: Batch) -> None:
+    def __init__(self, batch: Batch, *, template_cache: Path | None = None) -> None:
         self._batch = batch
         self._plain: dict[str, str] = {}
+        self._templates = TemplateRenderer(template_cache)
 
     def render(self, overlay: Overlay, context: Mapping[str, object]) -> Layer:
         entries = []
@@ -195,7 +222,7 @@ class LayerRenderer:
             entry = item.entry
             if entry.kind == FILE:
                 if item.template:
-                    data = render_template(item.source, context, overlay=overlay.name)
+                    data = self._templates.render(item.source, context, overlay=overlay.name)
                     stored = self._batch.add_bytes(data, entry)
                     entry = entry._replace(data=stored.digest, size=stored.size)
                 else:

@@ -17,8 +17,10 @@ new, never half.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
+import marshal
 import os
 import re
 import time
@@ -29,7 +31,7 @@ from pathlib import Path
 
 from rootfs.durable import atomic_write_bytes
 from rootfs.errors import UserError
-from rootfs.manifest import Manifest, escape, manifest_digest, parse, serialize, unescape
+from rootfs.manifest import Entry, Manifest, escape, manifest_digest, parse, serialize, unescape
 from rootfs.store import Store
 
 BASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -62,6 +64,29 @@ class HostRecord:
     manifest_digest: str
     built_at: float
     inputs: str = ""  # digest of everything the tree was composed from (see Builder.inputs_digest)
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Read a manifest file, through a marshal cache beside it.
+
+    Parsing text costs about 5 us an entry; the cache loads several times faster.
+    It is keyed by the digest of the manifest's bytes, so it can never be stale,
+    and a missing or damaged cache only costs a parse.
+    """
+    data = path.read_bytes()
+    digest = manifest_digest(data)
+    cache = path.with_name(path.name + ".cache")
+    try:
+        cached_digest, rows = marshal.loads(cache.read_bytes())
+        if cached_digest == digest:
+            make = Entry._make
+            return Manifest({row[0]: make(row) for row in rows})
+    except (OSError, ValueError, EOFError, TypeError):
+        pass
+    manifest = parse(data, source=str(path))
+    with contextlib.suppress(OSError):  # a read-only state directory works, only slower
+        atomic_write_bytes(cache, marshal.dumps((digest, [tuple(e) for e in manifest])))
+    return manifest
 
 
 class State:
@@ -140,8 +165,7 @@ class State:
         return [self.generation(base, n) for n in numbers]
 
     def load_generation(self, gen: Generation) -> Manifest:
-        path = self.base_dir(gen.base) / f"{gen.number}.manifest"
-        return parse(path.read_bytes(), source=str(path))
+        return load_manifest(self.base_dir(gen.base) / f"{gen.number}.manifest")
 
     def add_generation(self, base: str, manifest: Manifest, *, source: str) -> Generation:
         """Record *manifest* as the next generation of *base* and make it current.
@@ -175,10 +199,9 @@ class State:
     def applied_manifest(self, host: str) -> Manifest | None:
         path = self.host_dir(host) / "applied.manifest"
         try:
-            data = path.read_bytes()
+            return load_manifest(path)
         except FileNotFoundError:
             return None
-        return parse(data, source=str(path))
 
     def host_record(self, host: str) -> HostRecord | None:
         try:

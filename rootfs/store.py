@@ -22,7 +22,6 @@ manifest only after the batch commits.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import shutil
@@ -49,10 +48,9 @@ def hash_bytes(data: bytes) -> str:
 
 
 def _libc_syncfs() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if not name:
-        return None
-    func: Callable[[int], int] | None = getattr(ctypes.CDLL(name, use_errno=True), "syncfs", None)
+    # CDLL(None) sees the symbols the interpreter already links, libc among them;
+    # ctypes.util.find_library would run ldconfig in a subprocess on every start.
+    func: Callable[[int], int] | None = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
     return func
 
 
