@@ -7,15 +7,30 @@ user can make in the files is caught here, with a one-line error naming the file
 from __future__ import annotations
 
 import re
-import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueError
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from types import TracebackType
 from typing import NewType, TypeVar
 
-from rootfs.errors import ConfigError, UserError
+from rootfs.boot.config import BootConfig, HostBoot, parse_boot_config, parse_host_boot
+from rootfs.dhcp.config import DhcpConfig, HostDhcp, parse_dhcp_config, parse_host_dhcp
+from rootfs.errors import UserError
+from rootfs.exports.config import ExportsConfig, parse_exports_config
+from rootfs.tftp.config import TftpConfig, parse_tftp_config
+from rootfs.tomlconf import (
+    ConfigTable,
+    Invalid,
+    ipv4,
+    ipv4_list,
+    kind_name,
+    load_toml,
+    network_value,
+    path_value,
+    read_text,
+    string,
+    table_value,
+)
 
 HostName = NewType("HostName", str)
 
@@ -64,6 +79,8 @@ class Host:
     overlays: tuple[str, ...]
     mode: str
     vars: tuple[tuple[str, str], ...]
+    boot: HostBoot = field(default_factory=HostBoot)
+    dhcp: HostDhcp = field(default_factory=HostDhcp)
 
 
 @dataclass(frozen=True)
@@ -78,6 +95,10 @@ class SiteConfig:
     default_mode: str
     nfs_options: str
     subnets: tuple[Subnet, ...]
+    exports: ExportsConfig = field(default_factory=ExportsConfig)
+    dhcp: DhcpConfig = field(default_factory=DhcpConfig)
+    tftp: TftpConfig = field(default_factory=TftpConfig)
+    boot: BootConfig = field(default_factory=BootConfig)
 
 
 @dataclass(frozen=True)
@@ -161,15 +182,18 @@ def load_site(site_dir: Path, *, environ: Mapping[str, str]) -> Site:
 
     $ROOTFS_STATE_DIR and $ROOTFS_EXPORT_ROOT override the paths, so tests never touch /var or /.
     """
-    config = _parse_site(_read(site_dir / SITE_TOML), root=site_dir, environ=environ)
-    hosts = parse_hosts(_read(site_dir / HOSTS_TOML), site_root=site_dir, config=config)
+    config = _parse_site(read_text(site_dir / SITE_TOML), root=site_dir, environ=environ)
+    hosts = parse_hosts(read_text(site_dir / HOSTS_TOML), site_root=site_dir, config=config)
     return Site(root=site_dir, config=config, hosts=hosts)
 
 
 def parse_hosts(text: str, *, site_root: Path, config: SiteConfig) -> tuple[Host, ...]:
     """Validate hosts.toml text against a site; inventory edits check their result with this
     before writing it."""
-    with _Table(HOSTS_TOML, "", _loads(text, HOSTS_TOML)) as doc, doc.table("hosts") as table:
+    with (
+        ConfigTable(HOSTS_TOML, "", load_toml(text, HOSTS_TOML)) as doc,
+        doc.table("hosts") as table,
+    ):
         hosts = [_parse_host(table, name, config) for name in list(table.raw)]
     mac_owner: dict[str, HostName] = {}
     ip_owner: dict[IPv4Address, HostName] = {}
@@ -191,107 +215,27 @@ def parse_hosts(text: str, *, site_root: Path, config: SiteConfig) -> tuple[Host
 # -- parsing ------------------------------------------------------------------------------------
 
 
-class _Invalid(Exception):
-    """A value is wrong; `_Table` prefixes file and key. `subkey` points inside the value."""
-
-    def __init__(self, message: str, subkey: str | None = None) -> None:
-        super().__init__(message)
-        self.subkey = subkey
-
-
-@dataclass
-class _Table:
-    """Reads one TOML table. Each key is named once, where it is read; on leaving the `with`
-    block any key nobody read is an error, so unknown keys can never be silently ignored."""
-
-    file: str
-    key: str  # dotted key of this table; "" for the document
-    raw: Mapping[str, object]
-    _read: set[str] = field(default_factory=set)
-
-    def __enter__(self) -> _Table:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        unknown = [k for k in self.raw if k not in self._read]
-        if exc_type is None and unknown:
-            expected = ", ".join(sorted(self._read)) or "nothing"
-            raise self.error(unknown[0], f"unknown key; remove it (expected: {expected})")
-
-    def error(self, key: str | tuple[str, ...], message: str) -> ConfigError:
-        """A ConfigError in the house format: `<file>: <dotted key>: <problem>; <fix>`."""
-        keys = (key,) if isinstance(key, str) else key
-        dotted = ".".join(p if _BARE_KEY.fullmatch(p) else f'"{p}"' for p in keys)
-        return ConfigError(f"{self.file}: {self.key}{'.' if self.key else ''}{dotted}: {message}")
-
-    def get(self, key: str, parse: Callable[[object], _T], default: _T) -> _T:
-        """The parsed value at `key`, or `default` when it is absent."""
-        self._read.add(key)
-        return self._parse(key, parse) if key in self.raw else default
-
-    def require(self, key: str, parse: Callable[[object], _T], example: str) -> _T:
-        """The parsed value at `key`; an error showing `example` when it is absent."""
-        self._read.add(key)
-        if key not in self.raw:
-            raise self.error(key, f"missing; add {key} = {example}")
-        return self._parse(key, parse)
-
-    def _parse(self, key: str, parse: Callable[[object], _T]) -> _T:
-        try:
-            return parse(self.raw[key])
-        except _Invalid as e:
-            raise self.error((key, e.subkey) if e.subkey else key, str(e)) from None
-
-    def table(self, key: str) -> _Table:
-        value: dict[str, object] = self.get(key, _table, {})
-        return _Table(self.file, self._child(key), value)
-
-    def tables(self, key: str) -> Iterator[_Table]:
-        """An array of tables (`[[key]]`), each item keyed `key[i]` in errors."""
-        items: list[dict[str, object]] = self.get(key, _array_of_tables, [])
-        for i, item in enumerate(items):
-            yield _Table(self.file, f"{self._child(key)}[{i}]", item)
-
-    def _child(self, key: str) -> str:
-        quoted = key if _BARE_KEY.fullmatch(key) else f'"{key}"'
-        return f"{self.key}.{quoted}" if self.key else quoted
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return ""
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read: {e}; fix the file or its permissions") from None
-
-
-def _loads(text: str, file: str) -> dict[str, object]:
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        m = re.fullmatch(r"(.*) \(at (.*)\)", str(e))
-        where, what = (m[2], m[1]) if m else ("syntax", str(e))
-        raise ConfigError(f"{file}: {where}: {what}; fix the TOML syntax there") from None
-
-
 def _parse_site(text: str, *, root: Path, environ: Mapping[str, str]) -> SiteConfig:
-    with _Table(SITE_TOML, "", _loads(text, SITE_TOML)) as doc:
+    with ConfigTable(SITE_TOML, "", load_toml(text, SITE_TOML)) as doc:
         with doc.table("server") as t:
-            address = t.get("address", _ipv4, DEFAULT_SERVER_ADDRESS)
+            address = t.get("address", ipv4, DEFAULT_SERVER_ADDRESS)
         with doc.table("paths") as t:
-            state_dir = root / t.get("state_dir", _path, DEFAULT_STATE_DIR)
-            export_root = root / t.get("export_root", _path, DEFAULT_EXPORT_ROOT)
+            state_dir = root / t.get("state_dir", path_value, DEFAULT_STATE_DIR)
+            export_root = root / t.get("export_root", path_value, DEFAULT_EXPORT_ROOT)
         with doc.table("defaults") as t:
             base = t.get("base", _dir_name, DEFAULT_BASE)
             overlays = t.get("overlays", _dir_names, DEFAULT_OVERLAYS)
             mode = t.get("mode", _mode, DEFAULT_MODE)
-            nfs_options = t.get("nfs_options", _string, DEFAULT_NFS_OPTIONS)
+            nfs_options = t.get("nfs_options", string, DEFAULT_NFS_OPTIONS)
+        # Each subsystem reads its own table, in its own config module.
+        with doc.table("exports") as t:
+            exports = parse_exports_config(t)
+        with doc.table("dhcp") as t:
+            dhcp = parse_dhcp_config(t)
+        with doc.table("tftp") as t:
+            tftp = parse_tftp_config(t)
+        with doc.table("boot") as t:
+            boot = parse_boot_config(t)
         subnets: list[Subnet] = []
         for t in doc.tables("subnet"):
             with t:
@@ -311,26 +255,30 @@ def _parse_site(text: str, *, root: Path, environ: Mapping[str, str]) -> SiteCon
         default_mode=mode,
         nfs_options=nfs_options,
         subnets=tuple(subnets),
+        exports=exports,
+        dhcp=dhcp,
+        tftp=tftp,
+        boot=boot,
     )
 
 
-def _parse_subnet(t: _Table, earlier: list[Subnet]) -> Subnet:
-    network = t.require("network", _network, '"10.0.0.0/24"')
+def _parse_subnet(t: ConfigTable, earlier: list[Subnet]) -> Subnet:
+    network = t.require("network", network_value, '"10.0.0.0/24"')
     for other in earlier:
         if network.overlaps(other.network):
             raise t.error("network", f"{network} overlaps {other.network}; merge or split them")
-    gateway = t.get("gateway", _ipv4, None)
+    gateway = t.get("gateway", ipv4, None)
     if gateway is not None and gateway not in network:
         raise t.error("gateway", f"{gateway} is outside {network}; use an address inside it")
     return Subnet(
         network=network,
         gateway=gateway,
-        dns=t.get("dns", _ipv4_list, ()),
-        domain=t.get("domain", _string, None),
+        dns=t.get("dns", ipv4_list, ()),
+        domain=t.get("domain", string, None),
     )
 
 
-def _parse_host(hosts: _Table, name: str, config: SiteConfig) -> Host:
+def _parse_host(hosts: ConfigTable, name: str, config: SiteConfig) -> Host:
     if not _HOST_NAME.fullmatch(name):
         raise hosts.error(
             name,
@@ -341,15 +289,24 @@ def _parse_host(hosts: _Table, name: str, config: SiteConfig) -> Host:
         return Host(
             name=HostName(name),
             mac=t.require("mac", _mac, '"52:54:00:12:34:56"'),
-            ip=t.require("ip", _ipv4, '"10.0.0.11"'),
+            ip=t.require("ip", ipv4, '"10.0.0.11"'),
             base=t.get("base", _dir_name, config.default_base),
             overlays=t.get("overlays", _dir_names, config.default_overlays),
             mode=t.get("mode", _mode, config.default_mode),
             vars=t.get("vars", _vars, ()),
+            boot=_subtable(t, "boot", parse_host_boot),
+            dhcp=_subtable(t, "dhcp", parse_host_dhcp),
         )
 
 
-def _check_host_in_site(host: Host, hosts: _Table, *, site_root: Path, config: SiteConfig) -> None:
+def _subtable(parent: ConfigTable, key: str, parse: Callable[[ConfigTable], _T]) -> _T:
+    with parent.table(key) as t:
+        return parse(t)
+
+
+def _check_host_in_site(
+    host: Host, hosts: ConfigTable, *, site_root: Path, config: SiteConfig
+) -> None:
     """Checks that need the rest of the site: the subnet the IP falls in and overlay directories."""
     ip, key = host.ip, (host.name, "ip")
     if ip.is_multicast or ip.is_unspecified or ip.is_loopback or ip.is_reserved:
@@ -378,108 +335,55 @@ def _check_host_in_site(host: Host, hosts: _Table, *, site_root: Path, config: S
             )
 
 
-# -- value parsers: raw TOML value -> typed value, or _Invalid("<problem>; <fix>") ---------------
-
-
-def _kind(value: object) -> str:
-    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a float"}
-    names |= {list: "an array", dict: "a table"}
-    return names.get(type(value), type(value).__name__)
-
-
-def _string(value: object) -> str:
-    if not isinstance(value, str):
-        raise _Invalid(f"expected a string, got {_kind(value)}; quote it")
-    return value
-
-
-def _table(value: object) -> dict[str, object]:
-    if not isinstance(value, dict):
-        raise _Invalid(f"expected a table, got {_kind(value)}; write it as a [table]")
-    return value
-
-
-def _array_of_tables(value: object) -> list[dict[str, object]]:
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise _Invalid(f"expected an array of tables, got {_kind(value)}; write [[...]] tables")
-    return value
-
-
-def _path(value: object) -> Path:
-    return Path(_string(value))
-
-
-def _ipv4(value: object) -> IPv4Address:
-    text = _string(value)
-    try:
-        return IPv4Address(text)
-    except AddressValueError:
-        raise _Invalid(f"{text!r} is not an IPv4 address; write four dotted numbers") from None
-
-
-def _ipv4_list(value: object) -> tuple[IPv4Address, ...]:
-    if not isinstance(value, list):
-        raise _Invalid(f'expected an array of addresses, got {_kind(value)}; use ["10.0.0.1"]')
-    return tuple(_ipv4(v) for v in value)
-
-
-def _network(value: object) -> IPv4Network:
-    text = _string(value)
-    try:
-        return IPv4Network(text)
-    except (AddressValueError, NetmaskValueError):
-        raise _Invalid(f"{text!r} is not an IPv4 network; write it like 10.0.0.0/24") from None
-    except ValueError:  # host bits set
-        fixed = IPv4Network(text, strict=False)
-        raise _Invalid(f"{text!r} has host bits set; did you mean {fixed}?") from None
+# -- value parsers: raw TOML value -> typed value, or Invalid("<problem>; <fix>") ---------------
 
 
 def _mac(value: object) -> str:
-    text = _string(value)
+    text = string(value)
     if not _MAC.fullmatch(text):
-        raise _Invalid(f"{text!r} is not a MAC address; write it like 52:54:00:12:34:56")
+        raise Invalid(f"{text!r} is not a MAC address; write it like 52:54:00:12:34:56")
     mac = text.lower().replace("-", ":")
     if int(mac[:2], 16) & 1:  # I/G bit: group address (IEEE 802 §8.2)
         what = "the broadcast" if mac == "ff:ff:ff:ff:ff:ff" else "a multicast"
-        raise _Invalid(f"{text!r} is {what} address; use the client's own NIC address")
+        raise Invalid(f"{text!r} is {what} address; use the client's own NIC address")
     if mac == "00:00:00:00:00:00":
-        raise _Invalid(f"{text!r} is not a usable address; use the client's own NIC address")
+        raise Invalid(f"{text!r} is not a usable address; use the client's own NIC address")
     return mac
 
 
 def _mode(value: object) -> str:
-    text = _string(value)
+    text = string(value)
     if text not in MODES:
-        raise _Invalid(f"{text!r} is not a mode; use one of {', '.join(MODES)}")
+        raise Invalid(f"{text!r} is not a mode; use one of {', '.join(MODES)}")
     return text
 
 
 def _dir_name(value: object) -> str:
-    text = _string(value)
+    text = string(value)
     if not _DIR_NAME.fullmatch(text):
-        raise _Invalid(f"{text!r} is not a plain directory name; use letters, digits, . _ + -")
+        raise Invalid(f"{text!r} is not a plain directory name; use letters, digits, . _ + -")
     return text
 
 
 def _dir_names(value: object) -> tuple[str, ...]:
     if not isinstance(value, list):
-        raise _Invalid(f'expected an array of names, got {_kind(value)}; use ["diskless"]')
+        raise Invalid(f'expected an array of names, got {kind_name(value)}; use ["diskless"]')
     return tuple(_dir_name(v) for v in value)
 
 
 def _vars(value: object) -> tuple[tuple[str, str], ...]:
     result: list[tuple[str, str]] = []
-    for name, raw in _table(value).items():
+    for name, raw in table_value(value).items():
         if not name.isidentifier():
-            raise _Invalid(f"{name!r} is not an identifier; use letters, digits, _", name)
+            raise Invalid(f"{name!r} is not an identifier; use letters, digits, _", name)
         if name in TEMPLATE_FIELDS:
-            raise _Invalid(f"{name!r} is a reserved template field; rename the var", name)
+            raise Invalid(f"{name!r} is a reserved template field; rename the var", name)
         if isinstance(raw, bool):  # before int: bool is an int subclass
             result.append((name, "true" if raw else "false"))
         elif isinstance(raw, str | int):
             result.append((name, str(raw)))
         else:
-            raise _Invalid(
-                f"expected a string, integer or boolean, got {_kind(raw)}; quote it", name
+            raise Invalid(
+                f"expected a string, integer or boolean, got {kind_name(raw)}; quote it", name
             )
     return tuple(result)

@@ -1,0 +1,1 @@
+"""Per-host boot configurations (pxelinux, iPXE, GRUB) generated from the inventory."""

@@ -1,0 +1,1 @@
+"""NFS exports for every host tree: rendering them (pure) and applying them (kernel, ganesha)."""
