@@ -63,8 +63,14 @@ def resolve_mode(mode: str, tree_root: Path) -> str:
     """Turn ``auto`` into ``reflink`` or ``copy`` for the filesystem holding the tree."""
     if mode not in MODES:
         raise UserError(f"unknown materialisation mode '{mode}'; use one of {', '.join(MODES)}")
-    if mode == "auto":
-        return "reflink" if reflink_supported(tree_root / SCRATCH / "tmp") else "copy"
+    if mode in ("auto", "reflink"):
+        supported = reflink_supported(tree_root / SCRATCH / "tmp")
+        if mode == "reflink" and not supported:
+            raise UserError(
+                f"the filesystem holding {tree_root} cannot share blocks (no FICLONE reflinks);"
+                " use --mode copy, or auto to pick what works"
+            )
+        return "reflink" if supported else "copy"
     return mode
 
 

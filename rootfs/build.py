@@ -78,6 +78,7 @@ class Builder:
         self.state = state
         self._overlays: dict[str, Overlay] = {}
         self._bases: dict[tuple[str, int], Manifest] = {}
+        self._fingerprints: dict[str, list[object]] = {}
 
     def _overlay(self, name: str) -> Overlay:
         if name not in self._overlays:
@@ -92,6 +93,8 @@ class Builder:
 
     def _overlay_fingerprint(self, name: str) -> list[object]:
         """Names, sizes and mtimes of an overlay's files: changes when the overlay does."""
+        if name in self._fingerprints:
+            return self._fingerprints[name]
         root = self.site.overlays_dir / name
         listing: list[object] = [name]
         for dirpath, dirnames, filenames in os.walk(root):
@@ -106,6 +109,7 @@ class Builder:
                         st.st_mtime_ns,
                     )
                 )
+        self._fingerprints[name] = listing
         return listing
 
     def inputs_digest(self, host: Host, mode: str) -> str:
@@ -171,9 +175,32 @@ class Builder:
             results.append(result)
             if on_result is not None:
                 on_result(result)
-        for desired in self.compose_hosts(pending, store_objects=not dry_run):
+        desired = self.compose_hosts(pending, store_objects=not dry_run)
+        results += self.apply_desired(
+            desired,
+            mode=mode,
+            dry_run=dry_run,
+            repair=repair,
+            progress=progress,
+            on_result=on_result,
+        )
+        return results
+
+    def apply_desired(
+        self,
+        desired: Sequence[Desired],
+        *,
+        mode: str | None = None,
+        dry_run: bool = False,
+        repair: bool = False,
+        progress: bool | None = None,
+        on_result: Callable[[HostResult], None] | None = None,
+    ) -> list[HostResult]:
+        """Bring each host's tree to its already composed state."""
+        results = []
+        for one in desired:
             result = self._build_one(
-                desired, mode=mode, dry_run=dry_run, repair=repair, progress=progress
+                one, mode=mode, dry_run=dry_run, repair=repair, progress=progress
             )
             results.append(result)
             if on_result is not None:

@@ -363,3 +363,23 @@ def test_lock_names_the_holder(run: Run, imported: Path, tmp_path: Path) -> None
 def test_reimport_stores_nothing(run: Run, imported: Path) -> None:
     out = run("base", "import", "zoo", str(imported)).stdout
     assert "unchanged" in out and "nothing new stored" in out
+
+
+def test_reflink_mode_works_or_says_why(run: Run, imported: Path, tmp_path: Path) -> None:
+    from rootfs.apply import reflink_supported
+
+    proc = run("build", "pc1", "--mode", "reflink", check=False)
+    if reflink_supported(tmp_path / "probe"):
+        assert proc.returncode == 0, proc.stderr
+        assert run("verify", "pc1", "--checksum").returncode == 0
+    else:
+        assert proc.returncode == 2
+        assert "cannot share blocks" in proc.stderr and "--mode copy" in proc.stderr
+
+
+def test_interrupted_import_leaves_nothing_behind(run: Run, zoo_tree: Path, tmp_path: Path) -> None:
+    leftover = tmp_path / "state/store/tmp/deadbeef"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half an object")
+    run("base", "import", "zoo", str(zoo_tree))
+    assert not leftover.exists()

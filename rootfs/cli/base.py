@@ -33,6 +33,7 @@ def import_(ctx: Context, name: str, source: Path) -> None:
     with state.lock(f"base import {name}"):
         state.base_dir(name)  # validates the name before any work
         previous = state.current_generation(name)
+        state.store.clean_tmp()  # what an import killed earlier left behind
         bar = Progress(f"importing {source}")
         try:
             with state.store.batch() as batch:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 
 import click
 
@@ -102,8 +103,7 @@ def add(
             inventory.remove_host(site, name)
             click.echo(f"removed {name} again: its tree cannot be composed", err=True)
             raise
-        del desired
-        builder.build([added], on_result=echo_result)
+        builder.apply_desired(desired, on_result=echo_result)
 
 
 @host.command("list")
@@ -137,8 +137,6 @@ def show(ctx: Context, name: str) -> None:
     if record is None:
         click.echo("last build: never; run 'rootfs build " + h.name + "'")
     else:
-        import time
-
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.built_at))
         click.echo(
             f"last build: {when}, {record.base} generation {record.generation}, mode {record.mode}"
