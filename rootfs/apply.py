@@ -89,6 +89,7 @@ class ApplyStats:
 
     ops: int = 0
     bytes_written: int = 0
+    kept_in_attic: int = 0
     moved_aside: list[str] = field(default_factory=list)
 
 
@@ -100,6 +101,10 @@ class Applier:
     store: Store
     mode: str  # resolved: copy, reflink or hardlink
     stats: ApplyStats = field(default_factory=ApplyStats)
+    # Paths whose current inode must stay reachable after it is replaced or removed,
+    # and where: running NFS clients may hold it (no ESTALE, running binaries keep working).
+    preserve: frozenset[str] = frozenset()
+    attic: Path | None = None
 
     def __post_init__(self) -> None:
         self.scratch = self.root / SCRATCH / "tmp"
@@ -111,6 +116,21 @@ class Applier:
         if self.scratch.exists():
             shutil.rmtree(self.scratch)
         self.scratch.mkdir(parents=True, mode=0o700)
+
+    def _keep_in_attic(self, path: str) -> None:
+        """Hardlink the regular file at *path* into the attic before it goes away."""
+        if self.attic is None or path not in self.preserve:
+            return
+        kept = f"{self.attic}{path}"
+        try:
+            os.makedirs(os.path.dirname(kept), exist_ok=True)
+            os.link(tree_path(self.root, path), kept, follow_symlinks=False)
+        except FileExistsError:
+            pass  # a replay after a crash: already kept
+        except FileNotFoundError:
+            pass  # the host removed it: nothing to keep
+        else:
+            self.stats.kept_in_attic += 1
 
     def run(self, plan: Plan, *, on_op: Callable[[Op], None] | None = None) -> ApplyStats:
         """Apply every operation of *plan* in order."""
@@ -157,6 +177,7 @@ class Applier:
             return tmp
 
     def _remove(self, op: Op) -> None:
+        self._keep_in_attic(op.path)
         target = tree_path(self.root, op.path)
         try:
             st = os.lstat(target)
@@ -203,6 +224,7 @@ class Applier:
             os.rename(tmp, target)
 
     def _put(self, op: Op) -> None:
+        self._keep_in_attic(op.path)
         entry, target = op.entry, tree_path(self.root, op.path)
         if entry.kind == DIR:
             self._ensure_dir(target)
@@ -250,6 +272,7 @@ class Applier:
         self._install(tmp, target)
 
     def _link(self, op: Op) -> None:
+        self._keep_in_attic(op.path)
         leader, target = tree_path(self.root, op.entry.link), tree_path(self.root, op.path)
         self._install(self._create(lambda p: os.link(leader, p), target), target)
 

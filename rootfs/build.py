@@ -1,10 +1,11 @@
 """The build service: bring host trees to their composed state, resumably.
 
-For each host: compose base + overlays into the desired manifest, plan against
-what was last applied, journal the plan's paths, apply, publish the manifest in
-the tree, and record what was applied. A build killed at any moment leaves a
-journal; the next build re-reads those paths from the disk and plans them again,
-so it converges to the same tree as an uninterrupted run.
+For each host: compose base + overlays into the desired manifest, reconcile it
+with what was last applied and what the host changed itself (``conflicts.py``),
+journal the resulting operations, apply them, publish the manifest in the tree,
+and record what was applied. A build killed at any moment leaves its journal;
+the next build first replays it to the end (every operation is idempotent), so it
+converges to the same tree as an uninterrupted run and loses no host-local change.
 """
 
 from __future__ import annotations
@@ -15,22 +16,25 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import xxhash
 
 from rootfs import disk
 from rootfs.apply import SCRATCH, Applier, ApplyStats, resolve_mode
 from rootfs.compose import compose
+from rootfs.conflicts import Hold, Reconciled, candidate_paths, reconcile
 from rootfs.durable import atomic_write_bytes
-from rootfs.manifest import Entry, Manifest, manifest_digest, serialize
+from rootfs.manifest import FILE, Manifest, manifest_digest, serialize
 from rootfs.overlay import LayerRenderer, Overlay, load_overlay
-from rootfs.plan import Plan, make_plan
+from rootfs.plan import Plan
 from rootfs.progress import Progress
 from rootfs.site import Host, Site
-from rootfs.state import Generation, HostRecord, State
+from rootfs.state import Generation, HostRecord, Journal, State
 from rootfs.store import syncfs
 
 PUBLISHED = "manifest"  # <tree>/.rootfs/manifest, read by client caches
+ATTIC = ".attic"  # <export root>/.attic/<host>/<stamp>/<path>: replaced inodes kept alive
 
 
 @dataclass(frozen=True)
@@ -53,21 +57,11 @@ class HostResult:
     dry_run: bool = False
     stats: ApplyStats = field(default_factory=ApplyStats)
     seconds: float = 0.0
+    conflicts: tuple[Hold, ...] = ()  # new conflicts: host's version kept, base's beside it
 
     @property
     def up_to_date(self) -> bool:
         return not self.plan
-
-
-def patch_with_disk(applied: Manifest, found: dict[str, Entry | None]) -> Manifest:
-    """*applied*, with the given paths replaced by what the disk really holds."""
-    entries = dict(applied.entries)
-    for path, entry in found.items():
-        if entry is None:
-            entries.pop(path, None)
-        else:
-            entries[path] = entry
-    return Manifest.from_entries(entries.values())
 
 
 class Builder:
@@ -141,18 +135,21 @@ class Builder:
                 batch.abort()
         return result
 
-    def plan_host(self, desired: Desired, *, repair: bool = False) -> tuple[Plan, bool]:
-        """The plan for one host, and whether it resumes an interrupted apply."""
+    def reconcile_host(self, desired: Desired, *, repair: bool = False) -> Reconciled:
+        """The plan for one host: base changes, minus what the host changed itself.
+
+        With *repair*, the disk's real state is the starting point and every
+        difference is put right (the host's changes and holds included).
+        """
         name = desired.host.name
-        applied = self.state.applied_manifest(name) or Manifest({})
-        dirty = self.state.read_journal(name)
         root = str(self.site.host_root(desired.host))
         if repair:
             applied = disk.read_tree(root, desired.manifest)
-        elif dirty:
-            found = disk.read_paths(root, dirty, desired.manifest)
-            applied = patch_with_disk(applied, found)
-        return make_plan(applied, desired.manifest), dirty is not None
+            return reconcile(applied, desired.manifest, {}, {}, self.site.config.update)
+        applied = self.state.applied_manifest(name) or Manifest({})
+        holds = self.state.holds(name)
+        on_disk = disk.read_paths(root, candidate_paths(applied, desired.manifest), applied)
+        return reconcile(applied, desired.manifest, on_disk, holds, self.site.config.update)
 
     def build(
         self,
@@ -224,54 +221,100 @@ class Builder:
     ) -> HostResult:
         host = desired.host
         started = time.monotonic()
-        root = self.site.host_root(host)
-        plan, recovered = self.plan_host(desired, repair=repair)
+        recovered = False
+        if not dry_run:
+            journal = self.state.read_journal(host.name)
+            if journal is not None:
+                self._run(host, journal, progress=progress)
+                recovered = True
+        rec = self.reconcile_host(desired, repair=repair)
+        plan = rec.plan
         chosen = mode if mode is not None else host.mode
         record = self.state.host_record(host.name)
         if dry_run:
-            return HostResult(host, plan, chosen, recovered, dry_run=True)
-        if (
-            not plan
-            and not recovered
-            and record is not None
-            and self._record_current(record, desired)
-        ):
+            return HostResult(
+                host, plan, chosen, recovered, dry_run=True, conflicts=rec.new_conflicts
+            )
+        if not plan and record is not None and self._record_current(record, desired):
             inputs = self.inputs_digest(host, chosen)
             if record.inputs != inputs:  # e.g. an overlay touched without changing content
                 self.state.update_record(dataclasses.replace(record, inputs=inputs))
-            return HostResult(host, plan, record.mode, seconds=time.monotonic() - started)
-        resolved = resolve_mode(chosen, root)
-        applier = Applier(root, self.state.store, resolved)
-        self.state.write_journal(host.name, plan.paths())
-        applier.prepare()
-        bar = Progress(f"{host.name}", total_files=len(plan.ops), enabled=progress)
-        try:
-            stats = applier.run(
-                plan, on_op=lambda op: bar.advance(1, op.entry.size if op.entry.kind == "f" else 0)
+            return HostResult(
+                host, plan, record.mode, recovered, seconds=time.monotonic() - started
             )
-        finally:
-            bar.close()
-        data = serialize(desired.manifest)
-        atomic_write_bytes(root / SCRATCH / PUBLISHED, data)
-        syncfs(root)
-        self.state.record_applied(
-            HostRecord(
+        root = self.site.host_root(host)
+        resolved = resolve_mode(chosen, root)
+        # Files a client may hold open keep their inode in the attic until it reboots.
+        preserve = frozenset(
+            c.path
+            for c in plan.changes
+            if c.old is not None and c.old.kind == FILE and c.kind in ("modified", "removed")
+        )
+        attic = self.attic_dir(host, desired.generation) if preserve and record else None
+        journal = Journal(
+            mode=resolved,
+            ops=plan.ops,
+            target=serialize(rec.applied),
+            holds=rec.holds,
+            record=HostRecord(
                 host=host.name,
                 ip=str(host.ip),
                 base=desired.generation.base,
                 generation=desired.generation.number,
                 overlays=list(host.overlays),
                 mode=resolved,
-                manifest_digest=manifest_digest(data),
+                manifest_digest="",
                 built_at=time.time(),
                 inputs=self.inputs_digest(host, chosen),
             ),
-            data,
+            preserve=preserve if attic else frozenset(),
+            attic=str(attic) if attic else None,
         )
-        self.state.clear_journal(host.name)
+        self.state.write_journal(host.name, journal)
+        stats = self._run(host, journal, progress=progress)
         return HostResult(
-            host, plan, resolved, recovered, stats=stats, seconds=time.monotonic() - started
+            host,
+            plan,
+            resolved,
+            recovered,
+            stats=stats,
+            seconds=time.monotonic() - started,
+            conflicts=rec.new_conflicts,
         )
+
+    def attic_dir(self, host: Host, gen: Generation) -> Path:
+        """Where this apply keeps the inodes it replaces: beside the trees, not exported."""
+        stamp = f"{int(time.time())}-{gen.base}-{gen.number}"
+        return self.site.config.export_root / ATTIC / host.name / stamp
+
+    def _run(self, host: Host, journal: Journal, *, progress: bool | None) -> ApplyStats:
+        """Carry out a journaled apply and record its outcome (also used to resume one)."""
+        root = self.site.host_root(host)
+        applier = Applier(
+            root,
+            self.state.store,
+            journal.mode,
+            preserve=journal.preserve,
+            attic=Path(journal.attic) if journal.attic else None,
+        )
+        applier.prepare()
+        bar = Progress(f"{host.name}", total_files=len(journal.ops), enabled=progress)
+        try:
+            stats = applier.run(
+                Plan(journal.ops, ()),
+                on_op=lambda op: bar.advance(1, op.entry.size if op.entry.kind == FILE else 0),
+            )
+        finally:
+            bar.close()
+        atomic_write_bytes(root / SCRATCH / PUBLISHED, journal.target)
+        syncfs(root)
+        self.state.save_holds(host.name, journal.holds)
+        record = dataclasses.replace(
+            journal.record, manifest_digest=manifest_digest(journal.target)
+        )
+        self.state.record_applied(record, journal.target)
+        self.state.clear_journal(host.name)
+        return stats
 
     @staticmethod
     def _record_current(record: HostRecord, desired: Desired) -> bool:

@@ -257,33 +257,11 @@ def parse(data: bytes, *, source: str) -> Manifest:
     for number, line in enumerate(lines[1:], start=2):
         if not line or line[0] == "#":
             continue
-        fields = line.split("\t")
         try:
-            if len(fields) != 10:
-                raise ValueError(f"expected 10 tab-separated fields, found {len(fields)}")
-            path, kind, mode, uid, gid, mtime, size, edata, link, xattrs = fields
-            if "\\" in path:
-                path = unescape(path)
-            if kind not in KINDS:
-                raise ValueError(f"unknown entry type {kind!r}")
-            if edata == "-":
-                edata = ""
-            elif kind == SYMLINK:
-                edata = unescape(edata)
-            entry = Entry(
-                path,
-                kind,
-                int(mode, 8),
-                int(uid),
-                int(gid),
-                int(mtime),
-                int(size),
-                edata,
-                "" if link == "-" else unescape(link),
-                () if xattrs == "-" else _parse_xattrs(xattrs),
-            )
+            entry = parse_entry(line)
         except ValueError as exc:
             raise ManifestFormatError(f"{source}: line {number}: {exc}") from None
+        path = entry.path
         if path <= previous and entries:
             raise ManifestFormatError(
                 f"{source}: line {number}: path {path!r} is out of order or repeated"
@@ -293,6 +271,34 @@ def parse(data: bytes, *, source: str) -> Manifest:
         previous = path
         entries[path] = entry
     return Manifest(entries)
+
+
+def parse_entry(line: str) -> Entry:
+    """One manifest line (as :func:`format_entry` writes it) back into an entry."""
+    fields = line.split("\t")
+    if len(fields) != 10:
+        raise ValueError(f"expected 10 tab-separated fields, found {len(fields)}")
+    path, kind, mode, uid, gid, mtime, size, edata, link, xattrs = fields
+    if "\\" in path:
+        path = unescape(path)
+    if kind not in KINDS:
+        raise ValueError(f"unknown entry type {kind!r}")
+    if edata == "-":
+        edata = ""
+    elif kind == SYMLINK:
+        edata = unescape(edata)
+    return Entry(
+        path,
+        kind,
+        int(mode, 8),
+        int(uid),
+        int(gid),
+        int(mtime),
+        int(size),
+        edata,
+        "" if link == "-" else unescape(link),
+        () if xattrs == "-" else _parse_xattrs(xattrs),
+    )
 
 
 # ---------------------------------------------------------------- diff

@@ -17,6 +17,7 @@ from rootfs.boot.config import BootConfig, HostBoot, parse_boot_config, parse_ho
 from rootfs.dhcp.config import DhcpConfig, HostDhcp, parse_dhcp_config, parse_host_dhcp
 from rootfs.errors import UserError
 from rootfs.exports.config import ExportsConfig, parse_exports_config
+from rootfs.policy import UpdateConfig, parse_update_config
 from rootfs.tftp.config import TftpConfig, parse_tftp_config
 from rootfs.tomlconf import (
     ConfigTable,
@@ -99,6 +100,7 @@ class SiteConfig:
     dhcp: DhcpConfig = field(default_factory=DhcpConfig)
     tftp: TftpConfig = field(default_factory=TftpConfig)
     boot: BootConfig = field(default_factory=BootConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
 
 
 @dataclass(frozen=True)
@@ -236,6 +238,8 @@ def _parse_site(text: str, *, root: Path, environ: Mapping[str, str]) -> SiteCon
             tftp = parse_tftp_config(t)
         with doc.table("boot") as t:
             boot = parse_boot_config(t)
+        with doc.table("update") as t:
+            update = parse_update_config(t)
         subnets: list[Subnet] = []
         for t in doc.tables("subnet"):
             with t:
@@ -259,6 +263,7 @@ def _parse_site(text: str, *, root: Path, environ: Mapping[str, str]) -> SiteCon
         dhcp=dhcp,
         tftp=tftp,
         boot=boot,
+        update=update,
     )
 
 

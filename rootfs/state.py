@@ -9,7 +9,9 @@ Layout under ``<state>``::
     bases/<name>/current         the current generation's number
     hosts/<name>/applied.manifest  the manifest last applied to the host's tree
     hosts/<name>/record.json     base, generation, overlays, mode, time of that apply
-    hosts/<name>/journal         paths of an apply in flight (removed when it completes)
+    hosts/<name>/journal         the operations of an apply in flight (a redo log) and
+    hosts/<name>/target.manifest   the tree they lead to; both removed when it completes
+    hosts/<name>/holds.json      paths whose host-local version the host keeps
 
 Every file is replaced atomically (temp + fsync + rename), so readers see old or
 new, never half.
@@ -24,18 +26,29 @@ import marshal
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from rootfs.conflicts import Hold
 from rootfs.durable import atomic_write_bytes
 from rootfs.errors import UserError
-from rootfs.manifest import Entry, Manifest, escape, manifest_digest, parse, serialize, unescape
+from rootfs.manifest import (
+    Entry,
+    Manifest,
+    diff,
+    format_entry,
+    manifest_digest,
+    parse,
+    parse_entry,
+    serialize,
+)
+from rootfs.plan import Action, Op
 from rootfs.store import Store
 
 BASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-JOURNAL_HEADER = "rootfs-journal 1"
+JOURNAL_HEADER = "rootfs-journal 2"
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,7 @@ class Generation:
     source: str
     entries: int
     bytes: int
+    changes: dict[str, int] = field(default_factory=dict)  # against the previous generation
 
 
 @dataclass(frozen=True)
@@ -167,7 +181,9 @@ class State:
     def load_generation(self, gen: Generation) -> Manifest:
         return load_manifest(self.base_dir(gen.base) / f"{gen.number}.manifest")
 
-    def add_generation(self, base: str, manifest: Manifest, *, source: str) -> Generation:
+    def add_generation(
+        self, base: str, manifest: Manifest, *, source: str, previous: Manifest | None = None
+    ) -> Generation:
         """Record *manifest* as the next generation of *base* and make it current.
 
         The manifest is written before ``current`` moves, so a crash leaves the
@@ -185,11 +201,24 @@ class State:
             source=source,
             entries=len(manifest),
             bytes=manifest.total_file_bytes(),
+            changes=change_summary(previous, manifest) if previous is not None else {},
         )
         atomic_write_bytes(directory / f"{gen.number}.manifest", data)
         atomic_write_bytes(directory / f"{gen.number}.json", json.dumps(asdict(gen)).encode())
         atomic_write_bytes(directory / "current", f"{gen.number}\n".encode())
         return gen
+
+    def set_current(self, base: str, number: int) -> Generation:
+        """Make generation *number* of *base* the current one (rollback)."""
+        gen = self.generation(base, number)
+        atomic_write_bytes(self.base_dir(base) / "current", f"{number}\n".encode())
+        return gen
+
+    def delete_generation(self, gen: Generation) -> None:
+        """Forget a generation (never the current one; GC decides which)."""
+        directory = self.base_dir(gen.base)
+        for suffix in (".manifest.cache", ".manifest", ".json"):
+            (directory / f"{gen.number}{suffix}").unlink(missing_ok=True)
 
     # ---------------------------------------------------------------- hosts
 
@@ -225,35 +254,140 @@ class State:
 
     def forget_host(self, host: str) -> None:
         directory = self.host_dir(host)
-        for name in ("journal", "record.json", "applied.manifest"):
+        for name in (
+            "journal",
+            "target.manifest",
+            "target.holds.json",
+            "target.record.json",
+            "holds.json",
+            "record.json",
+            "applied.manifest",
+            "applied.manifest.cache",
+        ):
             (directory / name).unlink(missing_ok=True)
         if directory.is_dir() and not any(directory.iterdir()):
             directory.rmdir()
 
     # -------------------------------------------------------------- journal
 
-    def write_journal(self, host: str, paths: set[str]) -> None:
-        """Record the paths an apply is about to touch, durably, before touching them."""
+    def write_journal(self, host: str, journal: Journal) -> None:
+        """Record an apply before it starts: the exact operations and everything they lead to.
+
+        The journal is a redo log: after a crash the same operations are run
+        again (each is idempotent) and the outcome recorded, so the result is the
+        one an uninterrupted run would have had, host-local decisions included.
+        The journal file is written last: it is what makes the others count.
+        """
         directory = self.host_dir(host)
         directory.mkdir(parents=True, exist_ok=True)
-        lines = [JOURNAL_HEADER, *sorted(escape(p) for p in paths), ""]
+        atomic_write_bytes(directory / "target.manifest", journal.target)
+        atomic_write_bytes(directory / "target.holds.json", _holds_json(journal.holds))
+        atomic_write_bytes(
+            directory / "target.record.json", json.dumps(asdict(journal.record)).encode()
+        )
+        lines = [JOURNAL_HEADER, f"mode\t{journal.mode}", f"attic\t{journal.attic or ''}"]
+        lines.extend(
+            f"{op.action.value}\t{int(op.path in journal.preserve)}\t{format_entry(op.entry)}"
+            for op in journal.ops
+        )
+        lines.append("")
         atomic_write_bytes(
             directory / "journal", "\n".join(lines).encode("utf-8", "surrogateescape")
         )
 
-    def read_journal(self, host: str) -> set[str] | None:
-        """Paths of an interrupted apply, or None when the last apply completed."""
-        path = self.host_dir(host) / "journal"
+    def read_journal(self, host: str) -> Journal | None:
+        """The interrupted apply of *host*, or None when the last apply completed."""
+        directory = self.host_dir(host)
+        path = directory / "journal"
         try:
             text = path.read_bytes().decode("utf-8", "surrogateescape")
         except FileNotFoundError:
             return None
         lines = text.split("\n")
-        if not lines or lines[0] != JOURNAL_HEADER:
-            raise UserError(
-                f"{path}: not a rootfs journal; remove it and run 'rootfs build --repair'"
+        try:
+            if lines[0] != JOURNAL_HEADER:
+                raise ValueError("bad header")
+            mode = lines[1].removeprefix("mode\t")
+            attic = lines[2].removeprefix("attic\t")
+            ops, preserve = [], set()
+            for line in lines[3:]:
+                if line:
+                    action, flag, entry_line = line.split("\t", 2)
+                    entry = parse_entry(entry_line)
+                    ops.append(Op(Action(action), entry.path, entry))
+                    if flag == "1":
+                        preserve.add(entry.path)
+            journal = Journal(
+                mode=mode,
+                ops=tuple(ops),
+                target=(directory / "target.manifest").read_bytes(),
+                holds=_holds_from_json((directory / "target.holds.json").read_bytes()),
+                record=HostRecord(**json.loads((directory / "target.record.json").read_text())),
+                preserve=frozenset(preserve),
+                attic=attic or None,
             )
-        return {unescape(line) for line in lines[1:] if line}
+        except (ValueError, IndexError, TypeError, FileNotFoundError) as exc:
+            raise UserError(
+                f"{path}: unreadable journal ({exc}); remove it and run 'rootfs build --repair'"
+            ) from None
+        return journal
 
     def clear_journal(self, host: str) -> None:
-        (self.host_dir(host) / "journal").unlink(missing_ok=True)
+        directory = self.host_dir(host)
+        (directory / "journal").unlink(missing_ok=True)  # first: the rest is garbage without it
+        for name in ("target.manifest", "target.holds.json", "target.record.json"):
+            (directory / name).unlink(missing_ok=True)
+
+    # ---------------------------------------------------------------- holds
+
+    def holds(self, host: str) -> dict[str, Hold]:
+        """Paths whose host version the host keeps (open conflicts and host wins)."""
+        try:
+            return _holds_from_json((self.host_dir(host) / "holds.json").read_bytes())
+        except FileNotFoundError:
+            return {}
+
+    def save_holds(self, host: str, holds: Mapping[str, Hold]) -> None:
+        directory = self.host_dir(host)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(directory / "holds.json", _holds_json(holds))
+
+
+def _holds_json(holds: Mapping[str, Hold]) -> bytes:
+    raw = [
+        {"path": h.path, "base": format_entry(h.base) if h.base else None, "open": h.open}
+        for h in sorted(holds.values(), key=lambda h: h.path)
+    ]
+    return json.dumps(raw, indent=1).encode()
+
+
+def _holds_from_json(data: bytes) -> dict[str, Hold]:
+    return {
+        item["path"]: Hold(
+            item["path"], parse_entry(item["base"]) if item["base"] else None, item["open"]
+        )
+        for item in json.loads(data)
+    }
+
+
+@dataclass(frozen=True)
+class Journal:
+    """An apply in flight: its operations and what to record when they are done."""
+
+    mode: str
+    ops: tuple[Op, ...]
+    target: bytes  # the manifest the tree holds afterwards
+    holds: Mapping[str, Hold]
+    record: HostRecord
+    preserve: frozenset[str] = frozenset()
+    attic: str | None = None
+
+
+def change_summary(old: Manifest, new: Manifest) -> dict[str, int]:
+    """Counts of added/removed/modified/metadata paths and the bytes of new content."""
+    summary = {"added": 0, "removed": 0, "modified": 0, "metadata": 0, "bytes": 0}
+    for change in diff(old, new):
+        summary[change.kind] += 1
+        if change.new is not None and change.kind in ("added", "modified"):
+            summary["bytes"] += change.new.size if change.new.kind == "f" else 0
+    return summary
