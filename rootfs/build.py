@@ -23,11 +23,12 @@ import xxhash
 from rootfs import disk
 from rootfs.apply import SCRATCH, Applier, ApplyStats, resolve_mode
 from rootfs.compose import compose
-from rootfs.conflicts import Hold, Reconciled, candidate_paths, reconcile
+from rootfs.conflicts import NEW_SUFFIX, Hold, Reconciled, candidate_paths, reconcile
 from rootfs.durable import atomic_write_bytes
+from rootfs.errors import UserError
 from rootfs.manifest import FILE, Manifest, manifest_digest, serialize
 from rootfs.overlay import LayerRenderer, Overlay, load_overlay
-from rootfs.plan import Plan
+from rootfs.plan import Plan, make_plan
 from rootfs.progress import Progress
 from rootfs.site import Host, Site
 from rootfs.state import Generation, HostRecord, Journal, State
@@ -281,6 +282,59 @@ class Builder:
             seconds=time.monotonic() - started,
             conflicts=rec.new_conflicts,
         )
+
+    def resolve(self, host: Host, path: str, take: str) -> HostResult:
+        """End the conflict at *path*: keep the base's version or the host's, for good."""
+        holds = self.state.holds(host.name)
+        hold = holds.get(path)
+        if hold is None or not hold.open:
+            raise UserError(
+                f"host {host.name} has no open conflict at {path}; 'rootfs status' and"
+                f" 'rootfs verify {host.name}' list them"
+            )
+        if self.state.read_journal(host.name) is not None:
+            raise UserError(f"an apply of {host.name} was interrupted; run 'rootfs build' first")
+        record = self.state.host_record(host.name)
+        applied = self.state.applied_manifest(host.name)
+        if record is None or applied is None:
+            raise UserError(f"host {host.name} has never been built")
+        before = dict(applied.entries)
+        current, _ = disk.read_entry(str(self.site.host_root(host)), path, applied.get(path))
+        if current is None:  # what the host holds now, whatever it was when the conflict arose
+            before.pop(path, None)
+        else:
+            before[path] = current
+        after = dict(before)
+        after.pop(path + NEW_SUFFIX, None)
+        remaining = dict(holds)
+        if take == "base":
+            del remaining[path]
+            if hold.base is None:
+                after.pop(path, None)
+            else:
+                after[path] = hold.base
+        else:
+            remaining[path] = dataclasses.replace(hold, open=False)
+        start, wanted = (
+            Manifest.from_entries(before.values()),
+            Manifest.from_entries(after.values()),
+        )
+        plan = make_plan(start, wanted)
+        attic = self.attic_dir(host, self.state.generation(record.base, record.generation))
+        journal = Journal(
+            mode=record.mode,
+            ops=plan.ops,
+            target=serialize(wanted),
+            holds=remaining,
+            record=dataclasses.replace(record, built_at=time.time()),
+            preserve=frozenset({path})
+            if current is not None and current.kind == FILE
+            else frozenset(),
+            attic=str(attic),
+        )
+        self.state.write_journal(host.name, journal)
+        stats = self._run(host, journal, progress=False)
+        return HostResult(host, plan, record.mode, stats=stats)
 
     def attic_dir(self, host: Host, gen: Generation) -> Path:
         """Where this apply keeps the inodes it replaces: beside the trees, not exported."""

@@ -58,6 +58,7 @@ def reconcile(
 ) -> Reconciled:
     """Decide every differing path; *disk* must cover :func:`candidate_paths`."""
     target = dict(desired.entries)
+    start = dict(applied.entries)  # where the plan starts: reality, for kept paths
     kept: dict[str, Hold] = {}
     # Earlier decisions stand while the base still offers what they were made against.
     for path, hold in holds.items():
@@ -70,18 +71,28 @@ def reconcile(
         if path in kept or (path.endswith(NEW_SUFFIX) and path[: -len(NEW_SUFFIX)] in kept):
             continue
         last, on_disk = applied.get(path), disk.get(path, applied.get(path))
-        if not _host_changed(last, on_disk):
+        # A path the host decided on before, which the base has changed since, is a
+        # host change again: the host's version (or absence) was its own choice.
+        decided_before = path in holds
+        if decided_before and on_disk == desired.get(path):
+            continue
+        if not decided_before and not _host_changed(last, on_disk):
             continue
         decision = policy.decide(path)
         if decision == "base":
             continue
         hold = Hold(path, desired.get(path), open=decision == "ask")
         _keep_host(target, path, hold, on_disk)
+        if on_disk is None:
+            start.pop(path, None)
+        else:
+            start[path] = on_disk
         kept[path] = hold
         if hold.open:
             new_conflicts.append(hold)
     wanted = Manifest.from_entries(target.values())
-    return Reconciled(make_plan(applied, wanted), wanted, kept, tuple(new_conflicts))
+    plan = make_plan(Manifest.from_entries(start.values()), wanted)
+    return Reconciled(plan, wanted, kept, tuple(new_conflicts))
 
 
 def _keep_host(target: dict[str, Entry], path: str, hold: Hold, current: Entry | None) -> None:

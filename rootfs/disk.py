@@ -36,7 +36,7 @@ def read_entry(
     full = tree_path_str(root, path)
     try:
         st = os.lstat(full)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # absent, or a parent is now a file
         return None, None
     kind = kind_of(st)
     if kind is None:
@@ -103,7 +103,7 @@ def _fill_links(
                 try:
                     st = os.lstat(tree_path_str(root, ref.link))
                     leader = (st.st_dev, st.st_ino)
-                except FileNotFoundError:
+                except (FileNotFoundError, NotADirectoryError):
                     leader = None
             entry = entry._replace(link=ref.link if leader == inodes[path] else "")
         found[path] = entry

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import random
 import socket
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -134,3 +137,68 @@ def zoo_tree(tmp_path: Path) -> Path:
             ns = ZOO_SPECIAL_MTIMES_NS.get(rel, ZOO_MTIME_NS)
             os.utime(path, ns=(ns, ns), follow_symlinks=False)
     return root
+
+
+# ---------------------------------------------------------------- a test site, driven by the CLI
+
+HOSTS = """\
+# lab hosts
+[hosts.pc1]
+mac = "52:54:00:00:00:01"
+ip = "10.9.0.11"
+
+[hosts.pc2]  # the second one
+mac = "52:54:00:00:00:02"
+ip = "10.9.0.12"
+"""
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """A site with one overlay ('lab': a template, a plain file, a deletion, an attr)."""
+    root = tmp_path / "site"
+    (root / "hostcfg").mkdir(parents=True)
+    (root / "site.toml").write_text(
+        '[server]\naddress = "10.9.0.1"\n[defaults]\noverlays = ["lab"]\nbase = "zoo"\n'
+        '[[subnet]]\nnetwork = "10.9.0.0/24"\ngateway = "10.9.0.1"\n'
+    )
+    (root / "hostcfg/hosts.toml").write_text(HOSTS)
+    lab = root / "overlays/lab"
+    (lab / "etc").mkdir(parents=True)
+    (lab / "etc/hostname.j2").write_text("{{ name }}\n")
+    (lab / "etc/issue.j2").write_text("{{ name }} {{ ip }}/{{ prefixlen }} via {{ gateway }}\n")
+    (lab / "etc/motd").write_text("welcome\n")
+    (lab / "overlay.toml").write_text(
+        'delete = ["/old"]\n[attrs."/etc/motd"]\nmode = "0600"\ngid = 4\n'
+    )
+    return root
+
+
+@pytest.fixture
+def run(site: Path, tmp_path: Path) -> Run:
+    env = {
+        **os.environ,
+        "ROOTFS_SITE": str(site),
+        "ROOTFS_STATE_DIR": str(tmp_path / "state"),
+        "ROOTFS_EXPORT_ROOT": str(tmp_path / "export"),
+    }
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "rootfs", *args], env=env, capture_output=True, text=True
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"rootfs {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")
+        return proc
+
+    return run
+
+
+@pytest.fixture
+def imported(run: Run, zoo_tree: Path) -> Path:
+    run("base", "import", "zoo", str(zoo_tree))
+    return zoo_tree
+
+

@@ -8,74 +8,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import HOSTS, Run
 
 from rootfs import disk
 from rootfs.manifest import diff, parse
 from rootfs.state import State
-
-HOSTS = """\
-# lab hosts
-[hosts.pc1]
-mac = "52:54:00:00:00:01"
-ip = "10.9.0.11"
-
-[hosts.pc2]  # the second one
-mac = "52:54:00:00:00:02"
-ip = "10.9.0.12"
-"""
-
-Run = Callable[..., subprocess.CompletedProcess[str]]
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Path:
-    """A site with one overlay ('lab': a template, a plain file, a deletion, an attr)."""
-    root = tmp_path / "site"
-    (root / "hostcfg").mkdir(parents=True)
-    (root / "site.toml").write_text(
-        '[server]\naddress = "10.9.0.1"\n[defaults]\noverlays = ["lab"]\nbase = "zoo"\n'
-        '[[subnet]]\nnetwork = "10.9.0.0/24"\ngateway = "10.9.0.1"\n'
-    )
-    (root / "hostcfg/hosts.toml").write_text(HOSTS)
-    lab = root / "overlays/lab"
-    (lab / "etc").mkdir(parents=True)
-    (lab / "etc/hostname.j2").write_text("{{ name }}\n")
-    (lab / "etc/issue.j2").write_text("{{ name }} {{ ip }}/{{ prefixlen }} via {{ gateway }}\n")
-    (lab / "etc/motd").write_text("welcome\n")
-    (lab / "overlay.toml").write_text(
-        'delete = ["/old"]\n[attrs."/etc/motd"]\nmode = "0600"\ngid = 4\n'
-    )
-    return root
-
-
-@pytest.fixture
-def run(site: Path, tmp_path: Path) -> Run:
-    env = {
-        **os.environ,
-        "ROOTFS_SITE": str(site),
-        "ROOTFS_STATE_DIR": str(tmp_path / "state"),
-        "ROOTFS_EXPORT_ROOT": str(tmp_path / "export"),
-    }
-
-    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "rootfs", *args], env=env, capture_output=True, text=True
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"rootfs {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")
-        return proc
-
-    return run
-
-
-@pytest.fixture
-def imported(run: Run, zoo_tree: Path) -> Path:
-    run("base", "import", "zoo", str(zoo_tree))
-    return zoo_tree
 
 
 def tree_of(tmp_path: Path, ip: str) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from rootfs import __version__
-from rootfs.cli import base, build, host, site_cmds
+from rootfs.cli import base, build, exports, host, maintain, site_cmds
 from rootfs.cli.context import Context
 from rootfs.errors import UserError
 
@@ -40,9 +40,16 @@ def cli(ctx: click.Context, site_dir: Path | None) -> None:
     ctx.obj = Context(cli_site=site_dir)
 
 
-for group in (base.base, host.host):
+for group in (base.base, host.host, exports.exports):
     cli.add_command(group)
-for command in (build.build, build.verify, site_cmds.status, site_cmds.init):
+for command in (
+    build.build,
+    build.verify,
+    site_cmds.status,
+    site_cmds.init,
+    maintain.resolve,
+    maintain.gc,
+):
     cli.add_command(command)
 
 

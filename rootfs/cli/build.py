@@ -7,6 +7,7 @@ import click
 from rootfs import disk
 from rootfs.build import Builder
 from rootfs.cli.context import Context
+from rootfs.cli.exports import auto_apply
 from rootfs.cli.render import echo_result
 from rootfs.errors import UserError
 from rootfs.manifest import diff
@@ -56,6 +57,8 @@ def build(
         Builder(site, state).build(
             selected, mode=mode, dry_run=dry_run, repair=repair, on_result=echo_result
         )
+        if not dry_run:
+            auto_apply(site)
 
 
 @click.command()
@@ -79,7 +82,17 @@ def verify(ctx: Context, host: str, checksum: bool) -> None:
     changes = diff(applied, found, ignore_dir_mtime=True)
     for change in changes:
         click.echo(f"{change.kind:<9} {change.path}")
-    if changes:
-        click.echo(f"{h.name}: {len(changes)} paths differ from the last build", err=True)
+    conflicts = sorted(p for p, hold in ctx.state.holds(h.name).items() if hold.open)
+    for path in conflicts:
+        click.echo(
+            f"conflict  {path} (host's version kept; base's in {path}.rootfs-new;"
+            f" 'rootfs resolve {h.name} {path} --take base|host')"
+        )
+    if changes or conflicts:
+        click.echo(
+            f"{h.name}: {len(changes)} paths differ from the last build,"
+            f" {len(conflicts)} conflicts open",
+            err=True,
+        )
         raise click.exceptions.Exit(1)
     click.echo(f"{h.name}: clean ({len(applied)} entries match {root})")

@@ -9,6 +9,7 @@ import click
 
 from rootfs.build import Builder
 from rootfs.cli.context import Context
+from rootfs.cli.exports import auto_apply
 from rootfs.cli.render import echo_result
 from rootfs.errors import UserError
 
@@ -104,6 +105,7 @@ def add(
             click.echo(f"removed {name} again: its tree cannot be composed", err=True)
             raise
         builder.apply_desired(desired, on_result=echo_result)
+        auto_apply(site)
 
 
 @host.command("list")
@@ -155,6 +157,7 @@ def remove(ctx: Context, name: str, purge: bool) -> None:
     state = ctx.state
     with state.lock(f"host remove {name}"):
         h = inventory.remove_host(site, name)
+        auto_apply(ctx.reload())  # unexport before a purge deletes the tree
         root = site.host_root(h)
         if purge:
             if root.exists():
@@ -163,3 +166,24 @@ def remove(ctx: Context, name: str, purge: bool) -> None:
             click.echo(f"removed {h.name} and deleted its tree {root}")
         else:
             click.echo(f"removed {h.name}; its tree {root} is kept (use --purge to delete it)")
+
+
+@host.command("rebooted")
+@click.argument("name")
+@click.pass_obj
+def rebooted(ctx: Context, name: str) -> None:
+    """Tell rootfs host NAME has rebooted: the old file versions kept for it can go.
+
+    A base update keeps every file it replaces reachable (in <export root>/.attic)
+    so running clients keep working; after a reboot nothing holds them. The DHCP
+    server's boot trace tells rootfs the same automatically ('rootfs gc').
+    """
+    from rootfs.build import ATTIC
+
+    h = ctx.site.host(name)
+    attic = ctx.site.config.export_root / ATTIC / h.name
+    with ctx.state.lock(f"host rebooted {name}"):
+        count = len(list(attic.iterdir())) if attic.is_dir() else 0
+        if attic.is_dir():
+            shutil.rmtree(attic)
+    click.echo(f"{h.name}: released {count} attic entries")

@@ -29,5 +29,12 @@ def echo_result(result: HostResult) -> None:
         f" {human_bytes(result.stats.bytes_written)} written, mode {result.mode},"
         f" {result.seconds:.2f}s{note}"
     )
+    for hold in result.conflicts:
+        beside = f"{hold.path}.rootfs-new" if hold.base is not None else "nothing (removed in base)"
+        click.echo(
+            f"  conflict {hold.path}: changed on the host, kept; the base's version is in {beside}"
+            f" ('rootfs resolve {name} {hold.path} --take base|host')",
+            err=True,
+        )
     for moved in result.stats.moved_aside:
         click.echo(f"  kept host-local files of a removed directory: {moved}", err=True)

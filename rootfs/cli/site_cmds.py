@@ -44,6 +44,9 @@ def status(ctx: Context, no_drift: bool) -> None:
             if applied is not None:
                 found = disk.read_tree(str(site.host_root(h)), applied)
                 drift = str(len(diff(applied, found, ignore_dir_mtime=True)))
+        conflicts = sum(1 for hold in state.holds(h.name).values() if hold.open)
+        if conflicts:
+            drift += f", {conflicts} conflicts ('rootfs verify {h.name}')"
         if state.read_journal(h.name) is not None:
             drift += " (interrupted build: rerun 'rootfs build')"
         gen = f"{record.base}@{record.generation}"
