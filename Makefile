@@ -16,6 +16,7 @@ BIN := $(VENV)/bin
 # brings in a real component (nfs-ganesha, dnsmasq, qemu, ...).
 DEB_PACKAGES := rsync attr busybox-static zstd xz-utils debootstrap fuse3
 DEB_PACKAGES += nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils
+DEB_PACKAGES += isc-dhcp-client dnsmasq-base iproute2
 
 # Reinstall the venv whenever pyproject.toml's content (not just its mtime) changes.
 PYPROJECT_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)

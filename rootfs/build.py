@@ -26,7 +26,7 @@ from rootfs.compose import compose
 from rootfs.conflicts import NEW_SUFFIX, Hold, Reconciled, candidate_paths, reconcile
 from rootfs.durable import atomic_write_bytes
 from rootfs.errors import UserError
-from rootfs.manifest import FILE, Manifest, manifest_digest, serialize
+from rootfs.manifest import FILE, Manifest, diff, manifest_digest, serialize
 from rootfs.overlay import LayerRenderer, Overlay, load_overlay
 from rootfs.plan import Plan, make_plan
 from rootfs.progress import Progress
@@ -74,6 +74,7 @@ class Builder:
         self._overlays: dict[str, Overlay] = {}
         self._bases: dict[tuple[str, int], Manifest] = {}
         self._fingerprints: dict[str, list[object]] = {}
+        self._unfinished: list[tuple[Host, Journal, Manifest | None]] = []
 
     def _overlay(self, name: str) -> Overlay:
         if name not in self._overlays:
@@ -149,8 +150,11 @@ class Builder:
             return reconcile(applied, desired.manifest, {}, {}, self.site.config.update)
         applied = self.state.applied_manifest(name) or Manifest({})
         holds = self.state.holds(name)
-        on_disk = disk.read_paths(root, candidate_paths(applied, desired.manifest), applied)
-        return reconcile(applied, desired.manifest, on_disk, holds, self.site.config.update)
+        changes = diff(applied, desired.manifest)
+        on_disk = disk.read_paths(root, candidate_paths(changes), applied)
+        return reconcile(
+            applied, desired.manifest, on_disk, holds, self.site.config.update, changes=changes
+        )
 
     def build(
         self,
@@ -196,13 +200,16 @@ class Builder:
     ) -> list[HostResult]:
         """Bring each host's tree to its already composed state."""
         results = []
-        for one in desired:
-            result = self._build_one(
-                one, mode=mode, dry_run=dry_run, repair=repair, progress=progress
-            )
-            results.append(result)
-            if on_result is not None:
-                on_result(result)
+        try:
+            for one in desired:
+                result = self._build_one(
+                    one, mode=mode, dry_run=dry_run, repair=repair, progress=progress
+                )
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
+        finally:
+            self._finish()  # also when a later host fails: what was applied gets recorded
         return results
 
     def _unchanged(self, host: Host, mode: str | None) -> bool:
@@ -227,6 +234,7 @@ class Builder:
             journal = self.state.read_journal(host.name)
             if journal is not None:
                 self._run(host, journal, progress=progress)
+                self._finish()
                 recovered = True
         rec = self.reconcile_host(desired, repair=repair)
         plan = rec.plan
@@ -272,7 +280,7 @@ class Builder:
             attic=str(attic) if attic else None,
         )
         self.state.write_journal(host.name, journal)
-        stats = self._run(host, journal, progress=progress)
+        stats = self._run(host, journal, progress=progress, manifest=rec.applied)
         return HostResult(
             host,
             plan,
@@ -333,7 +341,8 @@ class Builder:
             attic=str(attic),
         )
         self.state.write_journal(host.name, journal)
-        stats = self._run(host, journal, progress=False)
+        stats = self._run(host, journal, progress=False, manifest=wanted)
+        self._finish()
         return HostResult(host, plan, record.mode, stats=stats)
 
     def attic_dir(self, host: Host, gen: Generation) -> Path:
@@ -341,8 +350,18 @@ class Builder:
         stamp = f"{int(time.time())}-{gen.base}-{gen.number}"
         return self.site.config.export_root / ATTIC / host.name / stamp
 
-    def _run(self, host: Host, journal: Journal, *, progress: bool | None) -> ApplyStats:
-        """Carry out a journaled apply and record its outcome (also used to resume one)."""
+    def _run(
+        self,
+        host: Host,
+        journal: Journal,
+        *,
+        progress: bool | None,
+        manifest: Manifest | None = None,
+    ) -> ApplyStats:
+        """Carry out a journaled apply (also to resume one); _finish() records it.
+
+        *manifest* is the parsed form of ``journal.target``, when at hand.
+        """
         root = self.site.host_root(host)
         applier = Applier(
             root,
@@ -360,15 +379,35 @@ class Builder:
             )
         finally:
             bar.close()
-        atomic_write_bytes(root / SCRATCH / PUBLISHED, journal.target)
-        syncfs(root)
-        self.state.save_holds(host.name, journal.holds)
-        record = dataclasses.replace(
-            journal.record, manifest_digest=manifest_digest(journal.target)
-        )
-        self.state.record_applied(record, journal.target)
-        self.state.clear_journal(host.name)
+        atomic_write_bytes(root / SCRATCH / PUBLISHED, journal.target, durable=False)
+        self._unfinished.append((host, journal, manifest))
         return stats
+
+    def _finish(self) -> None:
+        """Record every apply carried out since the last call, with two syncfs in all.
+
+        Order for a power cut: the trees are durable before any record says they
+        are applied, and the records before the journals go; a journal left over
+        is replayed (idempotently) by the next build.
+        """
+        if not self._unfinished:
+            return
+        done, self._unfinished = self._unfinished, []
+        filesystems: dict[int, Path] = {}
+        for host, _, _ in done:
+            root = self.site.host_root(host)
+            filesystems.setdefault(os.stat(root).st_dev, root)
+        for root in filesystems.values():
+            syncfs(root)
+        for host, journal, manifest in done:
+            self.state.save_holds(host.name, journal.holds, durable=False)
+            record = dataclasses.replace(
+                journal.record, manifest_digest=manifest_digest(journal.target)
+            )
+            self.state.record_applied(record, journal.target, manifest, durable=False)
+        syncfs(self.state.root)
+        for host, _, _ in done:
+            self.state.clear_journal(host.name)
 
     @staticmethod
     def _record_current(record: HostRecord, desired: Desired) -> bool:

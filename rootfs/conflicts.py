@@ -9,10 +9,10 @@ silently (policy). The result is the plan and the manifest the tree will hold.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from rootfs.manifest import DIR, Entry, Manifest, classify, diff
+from rootfs.manifest import DIR, Change, Entry, Manifest, classify, diff
 from rootfs.plan import Plan, make_plan
 from rootfs.policy import UpdateConfig
 
@@ -38,9 +38,9 @@ class Reconciled:
     new_conflicts: tuple[Hold, ...]
 
 
-def candidate_paths(applied: Manifest, desired: Manifest) -> set[str]:
+def candidate_paths(changes: Sequence[Change]) -> set[str]:
     """Paths whose disk state the reconciliation needs to see."""
-    return {c.path for c in diff(applied, desired)}
+    return {c.path for c in changes}
 
 
 def _host_changed(last: Entry | None, disk: Entry | None) -> bool:
@@ -55,8 +55,21 @@ def reconcile(
     disk: Mapping[str, Entry | None],
     holds: Mapping[str, Hold],
     policy: UpdateConfig,
+    *,
+    changes: Sequence[Change] | None = None,
 ) -> Reconciled:
-    """Decide every differing path; *disk* must cover :func:`candidate_paths`."""
+    """Decide every differing path; *disk* must cover :func:`candidate_paths`.
+
+    *changes* is ``diff(applied, desired)`` when the caller has it already.
+    """
+    if changes is None:
+        changes = diff(applied, desired)
+    if not holds and not any(
+        _host_changed(c.old, disk.get(c.path, c.old)) and policy.decide(c.path) != "base"
+        for c in changes
+    ):
+        # The common case: nothing the host did is in the way; the plan is the diff's.
+        return Reconciled(make_plan(applied, desired, changes=changes), desired, {}, ())
     target = dict(desired.entries)
     start = dict(applied.entries)  # where the plan starts: reality, for kept paths
     kept: dict[str, Hold] = {}

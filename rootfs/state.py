@@ -9,8 +9,8 @@ Layout under ``<state>``::
     bases/<name>/current         the current generation's number
     hosts/<name>/applied.manifest  the manifest last applied to the host's tree
     hosts/<name>/record.json     base, generation, overlays, mode, time of that apply
-    hosts/<name>/journal         the operations of an apply in flight (a redo log) and
-    hosts/<name>/target.manifest   the tree they lead to; both removed when it completes
+    hosts/<name>/journal         an apply in flight (a redo log): its operations, the tree
+                                 they lead to and what to record; removed when it completes
     hosts/<name>/holds.json      paths whose host-local version the host keeps
 
 Every file is replaced atomically (temp + fsync + rename), so readers see old or
@@ -26,7 +26,7 @@ import marshal
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,7 +48,7 @@ from rootfs.plan import Action, Op
 from rootfs.store import Store
 
 BASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-JOURNAL_HEADER = "rootfs-journal 2"
+JOURNAL_HEADER = "rootfs-journal 3"
 
 
 @dataclass(frozen=True)
@@ -98,9 +98,18 @@ def load_manifest(path: Path) -> Manifest:
     except (OSError, ValueError, EOFError, TypeError):
         pass
     manifest = parse(data, source=str(path))
-    with contextlib.suppress(OSError):  # a read-only state directory works, only slower
-        atomic_write_bytes(cache, marshal.dumps((digest, [tuple(e) for e in manifest])))
+    write_manifest_cache(path, digest, manifest)
     return manifest
+
+
+def write_manifest_cache(path: Path, digest: str, manifest: Manifest) -> None:
+    """Store the parsed form of the manifest file at *path* (whose bytes hash to *digest*)."""
+    with contextlib.suppress(OSError):  # a read-only state directory works, only slower
+        atomic_write_bytes(
+            path.with_name(path.name + ".cache"),
+            marshal.dumps((digest, [tuple(e) for e in manifest])),
+            durable=False,
+        )
 
 
 class State:
@@ -239,12 +248,29 @@ class State:
             return None
         return HostRecord(**raw)
 
-    def record_applied(self, record: HostRecord, manifest_bytes: bytes) -> None:
-        """Store what was applied; the manifest first, so the record never points ahead."""
+    def record_applied(
+        self,
+        record: HostRecord,
+        manifest_bytes: bytes,
+        manifest: Manifest | None = None,
+        *,
+        durable: bool = True,
+    ) -> None:
+        """Store what was applied; the manifest first, so the record never points ahead.
+
+        Given the parsed *manifest* too, its cache is written now rather than on
+        the next read.
+        """
         directory = self.host_dir(record.host)
         directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(directory / "applied.manifest", manifest_bytes)
-        atomic_write_bytes(directory / "record.json", json.dumps(asdict(record)).encode())
+        atomic_write_bytes(directory / "applied.manifest", manifest_bytes, durable=durable)
+        if manifest is not None:
+            write_manifest_cache(
+                directory / "applied.manifest", manifest_digest(manifest_bytes), manifest
+            )
+        atomic_write_bytes(
+            directory / "record.json", json.dumps(asdict(record)).encode(), durable=durable
+        )
 
     def update_record(self, record: HostRecord) -> None:
         """Rewrite a host's record alone (its tree and manifest unchanged)."""
@@ -256,9 +282,6 @@ class State:
         directory = self.host_dir(host)
         for name in (
             "journal",
-            "target.manifest",
-            "target.holds.json",
-            "target.record.json",
             "holds.json",
             "record.json",
             "applied.manifest",
@@ -276,67 +299,65 @@ class State:
         The journal is a redo log: after a crash the same operations are run
         again (each is idempotent) and the outcome recorded, so the result is the
         one an uninterrupted run would have had, host-local decisions included.
-        The journal file is written last: it is what makes the others count.
+        One file, written durably: the single fsync an apply needs before it
+        touches the tree.
         """
         directory = self.host_dir(host)
         directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(directory / "target.manifest", journal.target)
-        atomic_write_bytes(directory / "target.holds.json", _holds_json(journal.holds))
-        atomic_write_bytes(
-            directory / "target.record.json", json.dumps(asdict(journal.record)).encode()
-        )
-        lines = [JOURNAL_HEADER, f"mode\t{journal.mode}", f"attic\t{journal.attic or ''}"]
+        lines = [
+            JOURNAL_HEADER,
+            f"mode\t{journal.mode}",
+            f"attic\t{journal.attic or ''}",
+            f"record\t{json.dumps(asdict(journal.record))}",
+            f"holds\t{_holds_json(journal.holds).decode()}",
+        ]
         lines.extend(
-            f"{op.action.value}\t{int(op.path in journal.preserve)}\t{format_entry(op.entry)}"
+            f"op\t{op.action.value}\t{int(op.path in journal.preserve)}\t{format_entry(op.entry)}"
             for op in journal.ops
         )
-        lines.append("")
-        atomic_write_bytes(
-            directory / "journal", "\n".join(lines).encode("utf-8", "surrogateescape")
-        )
+        lines.append("target")
+        head = "\n".join(lines).encode("utf-8", "surrogateescape") + b"\n"
+        atomic_write_bytes(directory / "journal", head + journal.target)
 
     def read_journal(self, host: str) -> Journal | None:
         """The interrupted apply of *host*, or None when the last apply completed."""
-        directory = self.host_dir(host)
-        path = directory / "journal"
+        path = self.host_dir(host) / "journal"
         try:
-            text = path.read_bytes().decode("utf-8", "surrogateescape")
+            data = path.read_bytes()
         except FileNotFoundError:
             return None
-        lines = text.split("\n")
         try:
+            head, sep, target = data.partition(b"\ntarget\n")
+            if not sep:
+                raise ValueError("no target manifest")
+            lines = head.decode("utf-8", "surrogateescape").split("\n")
             if lines[0] != JOURNAL_HEADER:
                 raise ValueError("bad header")
-            mode = lines[1].removeprefix("mode\t")
-            attic = lines[2].removeprefix("attic\t")
+            fields = dict(line.split("\t", 1) for line in lines[1:5])
             ops, preserve = [], set()
-            for line in lines[3:]:
-                if line:
-                    action, flag, entry_line = line.split("\t", 2)
-                    entry = parse_entry(entry_line)
-                    ops.append(Op(Action(action), entry.path, entry))
-                    if flag == "1":
-                        preserve.add(entry.path)
+            for line in lines[5:]:
+                _, action, flag, entry_line = line.split("\t", 3)
+                entry = parse_entry(entry_line)
+                ops.append(Op(Action(action), entry.path, entry))
+                if flag == "1":
+                    preserve.add(entry.path)
             journal = Journal(
-                mode=mode,
+                mode=fields["mode"],
                 ops=tuple(ops),
-                target=(directory / "target.manifest").read_bytes(),
-                holds=_holds_from_json((directory / "target.holds.json").read_bytes()),
-                record=HostRecord(**json.loads((directory / "target.record.json").read_text())),
+                target=target,
+                holds=_holds_from_json(fields["holds"].encode()),
+                record=HostRecord(**json.loads(fields["record"])),
                 preserve=frozenset(preserve),
-                attic=attic or None,
+                attic=fields["attic"] or None,
             )
-        except (ValueError, IndexError, TypeError, FileNotFoundError) as exc:
+        except (ValueError, KeyError, TypeError) as exc:
             raise UserError(
                 f"{path}: unreadable journal ({exc}); remove it and run 'rootfs build --repair'"
             ) from None
         return journal
 
     def clear_journal(self, host: str) -> None:
-        directory = self.host_dir(host)
-        (directory / "journal").unlink(missing_ok=True)  # first: the rest is garbage without it
-        for name in ("target.manifest", "target.holds.json", "target.record.json"):
-            (directory / name).unlink(missing_ok=True)
+        (self.host_dir(host) / "journal").unlink(missing_ok=True)
 
     # ---------------------------------------------------------------- holds
 
@@ -347,10 +368,10 @@ class State:
         except FileNotFoundError:
             return {}
 
-    def save_holds(self, host: str, holds: Mapping[str, Hold]) -> None:
+    def save_holds(self, host: str, holds: Mapping[str, Hold], *, durable: bool = True) -> None:
         directory = self.host_dir(host)
         directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(directory / "holds.json", _holds_json(holds))
+        atomic_write_bytes(directory / "holds.json", _holds_json(holds), durable=durable)
 
 
 def _holds_json(holds: Mapping[str, Hold]) -> bytes:
@@ -358,7 +379,7 @@ def _holds_json(holds: Mapping[str, Hold]) -> bytes:
         {"path": h.path, "base": format_entry(h.base) if h.base else None, "open": h.open}
         for h in sorted(holds.values(), key=lambda h: h.path)
     ]
-    return json.dumps(raw, indent=1).encode()
+    return json.dumps(raw, separators=(",", ":")).encode()  # one line: it goes in the journal
 
 
 def _holds_from_json(data: bytes) -> dict[str, Hold]:

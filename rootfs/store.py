@@ -103,7 +103,7 @@ class Store:
         return self.objects / digest[:2] / digest[2:]
 
     def has(self, digest: str) -> bool:
-        return os.path.lexists(self.object_path(digest))
+        return os.path.lexists(f"{self.objects}/{digest[:2]}/{digest[2:]}")  # hot: no pathlib
 
     def iter_digests(self) -> Iterator[str]:
         """Every object in the store (for GC and verification)."""

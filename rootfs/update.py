@@ -36,9 +36,14 @@ def import_generation(
     source: Path,
     *,
     require_existing: bool = False,
+    checksum: bool = False,
     progress: Progress | None = None,
 ) -> Imported:
-    """Scan *source* into the store and record it as the next generation of *base*."""
+    """Scan *source* into the store and record it as the next generation of *base*.
+
+    Files whose path, size and mtime match the current generation are not read
+    again unless *checksum* asks for it.
+    """
     from rootfs.scan import scan_source  # deferred: tar and compression modules load slowly
 
     state.base_dir(base)  # validates the name before any work
@@ -48,9 +53,9 @@ def import_generation(
             f"base '{base}' does not exist yet; create it with 'rootfs base import {base} SOURCE'"
         )
     state.store.clean_tmp()  # what an import killed earlier left behind
-    with state.store.batch() as batch:
-        result = scan_source(source, batch, progress=progress)
     old = state.load_generation(previous) if previous is not None else None
+    with state.store.batch() as batch:
+        result = scan_source(source, batch, progress=progress, reference=None if checksum else old)
     if previous is not None and old == result.manifest:
         gen, new = previous, False
     else:

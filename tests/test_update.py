@@ -306,9 +306,10 @@ def test_kill_9_during_update_of_several_hosts_converges(tmp_path: Path, zoo_tre
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
-    subprocess.run(
-        [sys.executable, "-m", "rootfs", "build", "--all"], env=env, check=True, capture_output=True
+    final = subprocess.run(
+        [sys.executable, "-m", "rootfs", "build", "--all"], env=env, capture_output=True, text=True
     )
+    assert final.returncode == 0, final.stderr
     assert kills >= 2
     for ip in ("10.9.0.11", "10.9.0.12", "10.9.0.13"):
         want_state = State(tmp_path / "clean-state").applied_manifest(

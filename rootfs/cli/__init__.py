@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from rootfs import __version__
-from rootfs.cli import base, build, exports, host, maintain, site_cmds
+from rootfs.cli import base, build, exports, host, maintain, site_cmds, trace
 from rootfs.cli.context import Context
 from rootfs.errors import UserError
 
@@ -49,6 +49,7 @@ for command in (
     site_cmds.init,
     maintain.resolve,
     maintain.gc,
+    trace.trace,
 ):
     cli.add_command(command)
 

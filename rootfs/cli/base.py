@@ -20,10 +20,18 @@ def base() -> None:
     """Import, update and inspect shared bases (the common root every host starts from)."""
 
 
-def _import(ctx: Context, name: str, source: Path, *, update: bool) -> Imported:
+CHECKSUM_HELP = (
+    "Read and hash every file of SOURCE; by default a file whose path, size and mtime match"
+    " the current generation is taken to be unchanged (as rsync does)."
+)
+
+
+def _import(ctx: Context, name: str, source: Path, *, update: bool, checksum: bool) -> Imported:
     bar = Progress(f"importing {source}")
     try:
-        result = import_generation(ctx.state, name, source, require_existing=update, progress=bar)
+        result = import_generation(
+            ctx.state, name, source, require_existing=update, checksum=checksum, progress=bar
+        )
     finally:
         bar.close()
     for note in result.notes:
@@ -50,8 +58,9 @@ def _summary(gen: Generation) -> str:
 @base.command("import")
 @click.argument("name")
 @click.argument("source", type=click.Path(path_type=Path))
+@click.option("--checksum", is_flag=True, help=CHECKSUM_HELP)
 @click.pass_obj
-def import_(ctx: Context, name: str, source: Path) -> None:
+def import_(ctx: Context, name: str, source: Path, checksum: bool) -> None:
     """Import SOURCE as the next generation of base NAME (hosts are not touched).
 
     SOURCE is a directory (e.g. made by debootstrap) or a tarball (.tar, .tar.gz,
@@ -60,7 +69,7 @@ def import_(ctx: Context, name: str, source: Path) -> None:
     Use 'rootfs base update' to import and apply to every host in one step.
     """
     with ctx.state.lock(f"base import {name}"):
-        result = _import(ctx, name, source, update=False)
+        result = _import(ctx, name, source, update=False, checksum=checksum)
     gen = result.generation
     if not result.new:
         click.echo(
@@ -80,8 +89,9 @@ def import_(ctx: Context, name: str, source: Path) -> None:
 @click.argument("name")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--no-apply", is_flag=True, help="Only import and stage the new generation.")
+@click.option("--checksum", is_flag=True, help=CHECKSUM_HELP)
 @click.pass_obj
-def update(ctx: Context, name: str, source: Path, no_apply: bool) -> None:
+def update(ctx: Context, name: str, source: Path, no_apply: bool, checksum: bool) -> None:
     """Import SOURCE as generation n+1 of NAME and apply it to every host using it.
 
     Each host gets only the paths that changed. A file a host changed itself is
@@ -90,7 +100,7 @@ def update(ctx: Context, name: str, source: Path, no_apply: bool) -> None:
     """
     state = ctx.state
     with state.lock(f"base update {name}"):
-        result = _import(ctx, name, source, update=True)
+        result = _import(ctx, name, source, update=True, checksum=checksum)
         gen = result.generation
         if result.new:
             click.echo(f"base {name}: generation {gen.number} ({gen.digest[:12]}): {_summary(gen)}")
