@@ -15,8 +15,10 @@ BIN := $(VENV)/bin
 # Debian packages the tests, demo and benchmarks need. The one list to extend when a later issue
 # brings in a real component (nfs-ganesha, dnsmasq, qemu, ...).
 DEB_PACKAGES := rsync attr busybox-static zstd xz-utils debootstrap fuse3
-DEB_PACKAGES += nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils
+DEB_PACKAGES += atftp tftp-hpa tftpd-hpa curl pxelinux syslinux-common ipxe grub-efi-amd64-bin shim-signed iproute2
 DEB_PACKAGES += isc-dhcp-client dnsmasq-base iproute2
+DEB_PACKAGES += fuse3 libfuse3-dev pkg-config bindfs
+DEB_PACKAGES += nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils
 
 # Reinstall the venv whenever pyproject.toml's content (not just its mtime) changes.
 PYPROJECT_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)
@@ -42,6 +44,8 @@ system-packages:
 
 venv: $(STAMP)
 
+# pyfuse3 compiles against libfuse3-dev: the Debian packages must be there before pip runs.
+$(STAMP): | system-packages
 $(STAMP):
 	@echo "== installing rootfs into $(VENV)"
 	rm -f $(VENV)/.installed-*

@@ -200,5 +200,3 @@ def run(site: Path, tmp_path: Path) -> Run:
 def imported(run: Run, zoo_tree: Path) -> Path:
     run("base", "import", "zoo", str(zoo_tree))
     return zoo_tree
-
-

@@ -8,7 +8,9 @@ from pathlib import Path
 import click
 
 from rootfs import __version__
-from rootfs.cli import base, build, exports, host, maintain, site_cmds, trace
+from rootfs.cli import base, build, cache, exports, host, maintain, site_cmds, trace
+from rootfs.cli import boot as boot_cmds
+from rootfs.cli import serve as serve_cmds
 from rootfs.cli.context import Context
 from rootfs.errors import UserError
 
@@ -40,7 +42,7 @@ def cli(ctx: click.Context, site_dir: Path | None) -> None:
     ctx.obj = Context(cli_site=site_dir)
 
 
-for group in (base.base, host.host, exports.exports):
+for group in (base.base, host.host, exports.exports, cache.cache, boot_cmds.boot):
     cli.add_command(group)
 for command in (
     build.build,
@@ -50,6 +52,7 @@ for command in (
     maintain.resolve,
     maintain.gc,
     trace.trace,
+    serve_cmds.serve,
 ):
     cli.add_command(command)
 

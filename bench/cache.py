@@ -1,0 +1,272 @@
+"""Benchmark: reading a host tree through `rootfs cache mount` against the disk and bindfs.
+
+A Debian minbase is imported and published as a host tree by `rootfs build` (with
+``.rootfs/manifest``), then, in one run, each measured N times:
+
+1. ``tar`` over the tree on local disk (native), 2. over a bindfs mount of it (a C FUSE
+passthrough: the cost of FUSE itself), 3. over a rootfs cache mount with an empty cache
+(cold: every file fetched, hashed, admitted), 4. over a rootfs cache mount of a warm cache
+just remounted (every object hashed once on first use, then served from the cache);
+``cp -a`` of the tree, the peer for the cold read; a 1 GiB file read sequentially (native,
+bindfs, warm first read after remount, warm second read); ``rootfs cache verify`` throughput.
+
+Two tar variants: ``tar -cf /dev/null`` (what the issue names; GNU tar notices the /dev/null
+archive and never reads file contents, so it measures lookups and stats), and
+``tar -cf - | cat >/dev/null``, which reads every byte.
+
+Targets (issue 8): warm <= 3x native and <= 1.5x bindfs; 1 GiB warm >= 1 GB/s; cold <= 2x
+``cp -a``; verify >= 1 GB/s. Page caches are not dropped (see bench/common.py); the source
+tree sits in the page cache, as it would on a fast NFS server. Run: ``python -m bench.cache``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.common import REPO, Row, Timing, format_table, measure, run
+
+DEFAULT_BASE = Path("/var/cache/rootfs-dev/base-bookworm")
+BIG = 1 << 30
+
+
+class Mounted:
+    """A FUSE mount (rootfs cache or bindfs) run in the foreground as a child process."""
+
+    def __init__(self, argv: list[str], mountpoint: Path) -> None:
+        self.mountpoint = mountpoint
+        mountpoint.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not os.path.ismount(mountpoint):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"bench: mount {' '.join(argv)} failed")
+            time.sleep(0.02)
+        os.stat(mountpoint)
+
+    def close(self) -> None:
+        subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], check=False)
+        self.proc.wait(timeout=60)
+
+
+def tar_stat(root: Path) -> None:
+    run(["tar", "-C", root, "-cf", "/dev/null", "."])
+
+
+def tar_read(root: Path) -> None:
+    subprocess.run(
+        f"tar -C '{root}' -cf - . | cat >/dev/null", shell=True, check=True, executable="/bin/bash"
+    )
+
+
+def read_big(path: Path) -> None:
+    run(["dd", f"if={path}", "of=/dev/null", "bs=1M"])
+
+
+def on(op: Callable[[Path], None], root: Path) -> Callable[[int], None]:
+    """*op* over *root*, as the ``fn(i)`` that measure() times."""
+    return lambda i: op(root)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.cache", description=__doc__)
+    parser.add_argument("--base", type=Path, default=DEFAULT_BASE)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"))
+    args = parser.parse_args(argv)
+    rootfs = str(REPO / ".venv" / "bin" / "rootfs")
+    with tempfile.TemporaryDirectory(prefix="bench-cache-", dir=args.workdir) as tmp:
+        work = Path(tmp)
+        try:
+            bench(work, args.base, args.runs, rootfs)
+        finally:
+            for mnt in work.glob("mnt-*"):
+                subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+
+
+def publish(work: Path, base: Path, rootfs: str) -> tuple[Path, Path]:
+    """Import the base and a 1 GiB file as two bases, build one host of each."""
+    site = work / "site"
+    (site / "hostcfg").mkdir(parents=True)
+    (site / "overlays").mkdir()
+    (site / "site.toml").write_text(
+        '[server]\naddress = "10.9.0.1"\n[defaults]\noverlays = []\nbase = "deb"\n'
+        '[[subnet]]\nnetwork = "10.9.0.0/24"\ngateway = "10.9.0.1"\n'
+    )
+    (site / "hostcfg/hosts.toml").write_text(
+        '[hosts.pc1]\nmac = "52:54:00:00:00:01"\nip = "10.9.0.11"\n'
+        '[hosts.pc2]\nmac = "52:54:00:00:00:02"\nip = "10.9.0.12"\nbase = "big"\n'
+    )
+    big = work / "bigbase"
+    big.mkdir()
+    rng = random.Random(1)
+    with open(big / "big.bin", "wb") as f:
+        for _ in range(BIG >> 24):
+            f.write(rng.randbytes(1 << 24))
+    env = {
+        "ROOTFS_SITE": str(site),
+        "ROOTFS_STATE_DIR": str(work / "state"),
+        "ROOTFS_EXPORT_ROOT": str(work / "export"),
+    }
+    print("importing and building (untimed) ...", file=sys.stderr)
+    run([rootfs, "base", "import", "deb", base], env=env)
+    run([rootfs, "base", "import", "big", big], env=env)
+    shutil.rmtree(big)
+    run([rootfs, "build", "--all", "--mode", "copy"], env=env)
+    return work / "export/10.9.0.11", work / "export/10.9.0.12/big.bin"
+
+
+def bench(work: Path, base: Path, runs: int, rootfs: str) -> None:
+    tree, big = publish(work, base, rootfs)
+    tree_bytes = sum(
+        f.stat().st_size for f in tree.rglob("*") if f.is_file() and not f.is_symlink()
+    )
+    cache_dir = work / "cache"
+    mnt = work / "mnt-cache"
+
+    def cache_mount(source: Path, cache: Path = cache_dir) -> Mounted:
+        argv = [rootfs, "cache", "mount", str(source), str(mnt), "--cache", str(cache)]
+        return Mounted(argv, mnt)
+
+    bindfs = Mounted(
+        ["bindfs", "-f", "--no-allow-other", str(tree), str(work / "mnt-bind")], work / "mnt-bind"
+    )
+    results: dict[str, Timing] = {}
+    try:
+        for name, op in (("tar -cf /dev/null", tar_stat), ("tar | cat", tar_read)):
+            results[f"{name} native"] = measure(f"{name} native", on(op, tree), runs=runs)
+            results[f"{name} bindfs"] = measure(
+                f"{name} bindfs", on(op, bindfs.mountpoint), runs=runs
+            )
+        big_bind = work / "mnt-bind-big"
+        bind_big = Mounted(
+            ["bindfs", "-f", "--no-allow-other", str(big.parent), str(big_bind)], big_bind
+        )
+        try:
+            results["1 GiB native"] = measure("1 GiB native", lambda i: read_big(big), runs=runs)
+            results["1 GiB bindfs"] = measure(
+                "1 GiB bindfs", lambda i: read_big(big_bind / "big.bin"), runs=runs
+            )
+        finally:
+            bind_big.close()
+    finally:
+        bindfs.close()
+
+    copies = work / "copies"
+
+    def cp_a(i: int) -> None:
+        run(["cp", "-a", tree, copies / str(i + 1)])
+
+    copies.mkdir()
+    results["cp -a"] = measure(
+        "cp -a", cp_a, runs=runs, teardown=lambda i: shutil.rmtree(copies / str(i + 1))
+    )
+
+    # Cold: a fresh cache directory for every run; mount and unmount are untimed.
+    holder: list[Mounted] = []
+
+    def cold_setup(i: int) -> None:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        holder.append(cache_mount(tree))
+
+    def teardown(i: int) -> None:
+        holder.pop().close()
+
+    for name, op in (("tar -cf /dev/null", tar_stat), ("tar | cat", tar_read)):
+        results[f"{name} cold"] = measure(
+            f"{name} rootfs cold",
+            on(op, mnt),
+            runs=runs,
+            setup=cold_setup,
+            teardown=teardown,
+        )
+
+    # Warm: the cache filled by the last cold run, remounted before every run.
+    def warm_setup(i: int) -> None:
+        holder.append(cache_mount(tree))
+
+    for name, op in (("tar -cf /dev/null", tar_stat), ("tar | cat", tar_read)):
+        results[f"{name} warm"] = measure(
+            f"{name} rootfs warm",
+            on(op, mnt),
+            runs=runs,
+            setup=warm_setup,
+            teardown=teardown,
+        )
+
+    big_cache = work / "cache-big"
+    warm = cache_mount(big.parent, big_cache)
+    read_big(mnt / "big.bin")  # fill the cache
+    warm.close()
+    results["1 GiB warm first"] = measure(
+        "1 GiB rootfs warm, first read after remount",
+        lambda i: read_big(mnt / "big.bin"),
+        runs=runs,
+        warmup=False,
+        setup=lambda i: holder.append(cache_mount(big.parent, big_cache)),
+        teardown=teardown,
+    )
+    second = cache_mount(big.parent, big_cache)
+    try:
+        read_big(mnt / "big.bin")
+        results["1 GiB warm again"] = measure(
+            "1 GiB rootfs warm, verified", lambda i: read_big(mnt / "big.bin"), runs=runs
+        )
+    finally:
+        second.close()
+
+    results["verify"] = measure(
+        "rootfs cache verify (base + 1 GiB)",
+        lambda i: (
+            run([rootfs, "cache", "verify", cache_dir]),
+            run([rootfs, "cache", "verify", big_cache]),
+        ),
+        runs=runs,
+    )
+
+    def row(key: str, peer: str | None = None, limit: float | None = None, target: str = "") -> Row:
+        timing, other = results[key], results[peer] if peer else None
+        met = None
+        if limit is not None and other is not None:
+            met = timing.median <= limit * other.median
+        return Row(timing, other, target, met)
+
+    def rate_row(key: str, nbytes: int, floor: float) -> Row:
+        timing = results[key]
+        gbs = nbytes / timing.median / 1e9
+        return Row(timing, None, f">= {floor:g} GB/s (got {gbs:.2f})", gbs >= floor)
+
+    verify_bytes = tree_bytes + BIG
+    rows = [
+        row("tar -cf /dev/null native"),
+        row("tar -cf /dev/null bindfs", "tar -cf /dev/null native"),
+        row("tar -cf /dev/null cold", "tar -cf /dev/null native"),
+        row("tar -cf /dev/null warm", "tar -cf /dev/null native", 3.0, "<= 3x native"),
+        row("tar -cf /dev/null warm", "tar -cf /dev/null bindfs", 1.5, "<= 1.5x bindfs"),
+        row("tar | cat native"),
+        row("tar | cat bindfs", "tar | cat native"),
+        row("cp -a"),
+        row("tar | cat cold", "cp -a", 2.0, "<= 2x cp -a"),
+        row("tar | cat warm", "tar | cat native", 3.0, "<= 3x native"),
+        row("tar | cat warm", "tar | cat bindfs", 1.5, "<= 1.5x bindfs"),
+        rate_row("1 GiB native", BIG, 0),
+        row("1 GiB bindfs", "1 GiB native"),
+        rate_row("1 GiB warm first", BIG, 1.0),
+        rate_row("1 GiB warm again", BIG, 1.0),
+        rate_row("verify", verify_bytes, 1.0),
+    ]
+    files = sum(1 for _ in tree.rglob("*"))
+    print(f"\ntree: {tree_bytes / 1e6:.0f} MB in {files} entries; medians of {runs} runs\n")
+    print(format_table(rows))
+
+
+if __name__ == "__main__":
+    main()

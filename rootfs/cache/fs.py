@@ -1,0 +1,990 @@
+"""The FUSE filesystem (pyfuse3 handlers): a manifest's tree, contents from the local cache.
+
+What the kernel sees is the manifest: names, types, modes, owners, sizes, mtimes, symlink
+targets, device numbers, xattrs and hardlinks, all answered from memory with long
+entry/attr timeouts. File contents come from the object cache (hit: an inline ``pread``,
+or bytes read at open for small files) or are fetched from SOURCE in a worker thread,
+hashed while copied, and admitted only when the hash matches the manifest.
+
+Writes go through to SOURCE. A path written through this mount becomes *live*: until a
+new manifest lists it, its metadata and contents are read from SOURCE (short timeouts,
+``direct_io``), and so are those of a file whose source bytes no longer match the manifest.
+
+pyfuse3 runs every handler as a trio task in one thread, so the rules are S3QL's: only
+``FUSEError`` leaves a handler (``@handler`` logs anything else and answers EIO), lookup
+counts are kept and dropped on ``forget``, directory listings are snapshotted at opendir
+so offsets stay stable, and kernel cache invalidations are sent from a worker thread fed
+by a channel, never from inside a handler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+import xxhash
+
+from rootfs.cache.objects import ObjectCache, hash_file
+from rootfs.cache.source import Source, SourceUnavailable, fetch_into
+from rootfs.cache.tree import ROOT_INO, Tree, child_path, fs_name, ino_for
+from rootfs.manifest import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Entry, parent_of
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+LONG_TIMEOUT = 86400.0  # manifest entries change only with a new manifest, which invalidates
+LIVE_TIMEOUT = 1.0  # live paths may change on the server at any time
+SMALL = 128 << 10  # objects up to this size are read whole at open and served from memory
+REFRESH_XATTR = b"user.rootfs.refresh"  # getxattr on the mount root: `rootfs cache refresh`
+
+_IFMT = {
+    FILE: stat.S_IFREG,
+    DIR: stat.S_IFDIR,
+    SYMLINK: stat.S_IFLNK,
+    CHAR: stat.S_IFCHR,
+    BLOCK: stat.S_IFBLK,
+    FIFO: stat.S_IFIFO,
+}
+
+
+def handler(
+    fn: Callable[Concatenate[CacheFS, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[CacheFS, P], Coroutine[Any, Any, R]]:
+    """Let only FUSEError out of a handler: an escaping exception would kill the mount.
+
+    OSErrors from SOURCE keep their errno (a write-through failed for a reason the caller
+    should see); SourceUnavailable and anything unexpected become EIO.
+    """
+
+    async def wrapper(self: CacheFS, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(self, *args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except SourceUnavailable as exc:
+            self.cache.counters.source_errors += 1
+            log.debug("%s: source unavailable: %s", fn.__name__, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except OSError as exc:
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except Exception:
+            log.exception("%s failed", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    functools.update_wrapper(wrapper, fn)
+    return wrapper
+
+
+@dataclass
+class Node:
+    """An inode the kernel holds (lookup count above zero), and the path it was reached by."""
+
+    ino: int
+    path: str
+    entry: Entry | None  # the manifest entry, or None when only SOURCE knows the path
+    lookups: int = 0
+    page_digest: str = ""  # the content whose pages the kernel may have cached
+    gone: bool = False  # removed through this mount while the kernel still held it
+
+
+@dataclass
+class Handle:
+    """An open file: a cached object (fd or bytes) or a SOURCE file (fd, used in threads)."""
+
+    node: Node
+    fd: int = -1
+    data: bytes | None = None
+    digest: str = ""
+    source: bool = False
+
+
+@dataclass
+class Listing:
+    """A directory snapshot taken at opendir: readdir offsets index into it, so they stay
+    valid even when a new manifest arrives while a listing is in progress."""
+
+    names: list[tuple[bytes, str, Entry | None, pyfuse3.EntryAttributes]]
+
+
+@dataclass
+class Options:
+    """How a mount behaves (from the CLI)."""
+
+    read_only: bool = False
+    refresh_interval: float = 60.0
+    boot_window: float = 120.0
+
+
+@dataclass
+class Invalidation:
+    ino: int = 0
+    attr_only: bool = False
+    parent: int = 0
+    name: bytes = b""
+
+
+class CacheFS(pyfuse3.Operations):
+    """pyfuse3 Operations over a manifest tree, an ObjectCache and a Source."""
+
+    supports_dot_lookup = False
+
+    def __init__(
+        self, tree: Tree, digest: str, cache: ObjectCache, source: Source, options: Options
+    ) -> None:
+        super().__init__()
+        self.tree = tree
+        self.manifest_digest = digest
+        self.cache = cache
+        self.source = source
+        self.options = options
+        root = tree.get("/")
+        if root is None:
+            raise ValueError("the manifest has no root entry")
+        self.nodes: dict[int, Node] = {ROOT_INO: Node(ROOT_INO, "/", root, lookups=1)}
+        self.live: set[str] = set()
+        self.live_trees: set[str] = set()
+        self._live_ino: dict[str, int] = {}
+        self._handles: dict[int, Handle] = {}
+        self._listings: dict[int, Listing] = {}
+        self._next_fh = 1
+        self._inflight: dict[str, trio.Event] = {}
+        self._diverged_logged: set[str] = set()
+        self._refresh_lock = trio.Lock()
+        self._inval_send, self._inval_recv = trio.open_memory_channel[Invalidation | trio.Event](
+            1000
+        )
+        self.started = time.monotonic()
+        self.boot_set: dict[str, None] = {}  # digests opened in the boot window, in order
+
+    # ------------------------------------------------------------ attributes
+
+    def _entry_attrs(self, ino: int, entry: Entry, nlink: int) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = ino
+        attr.entry_timeout = LONG_TIMEOUT
+        attr.attr_timeout = LONG_TIMEOUT
+        attr.st_mode = _IFMT[entry.kind] | entry.mode
+        attr.st_nlink = nlink
+        attr.st_uid = entry.uid
+        attr.st_gid = entry.gid
+        if entry.kind in (CHAR, BLOCK):
+            attr.st_rdev = os.makedev(*entry.rdev)
+        attr.st_size = entry.size
+        attr.st_blksize = 4096
+        attr.st_blocks = -(-entry.size // 4096) * 8
+        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = entry.mtime_ns
+        return attr
+
+    @staticmethod
+    def _stat_attrs(ino: int, st: os.stat_result) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = ino
+        attr.entry_timeout = LIVE_TIMEOUT
+        attr.attr_timeout = LIVE_TIMEOUT
+        for name in ("st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size"):
+            setattr(attr, name, getattr(st, name))
+        attr.st_blksize = st.st_blksize
+        attr.st_blocks = st.st_blocks
+        attr.st_atime_ns = st.st_atime_ns
+        attr.st_mtime_ns = st.st_mtime_ns
+        attr.st_ctime_ns = st.st_ctime_ns
+        return attr
+
+    def is_live(self, path: str) -> bool:
+        """Whether SOURCE, not the manifest, says what *path* is."""
+        if path in self.live:
+            return True
+        if self.live_trees:
+            probe = path
+            while probe != "/":
+                if probe in self.live_trees:
+                    return True
+                probe = parent_of(probe)
+        return False
+
+    def _resolves_live(self, path: str) -> bool:
+        return self.is_live(path) or (
+            path not in self.tree.manifest and self.is_live(parent_of(path))
+        )
+
+    def _ino_of_live(self, path: str, st: os.stat_result) -> int:
+        existing = self._live_ino.get(path)
+        if existing is not None and existing in self.nodes and not self.nodes[existing].gone:
+            return existing
+        entry = self.tree.get(path)
+        kind = {v: k for k, v in _IFMT.items()}.get(stat.S_IFMT(st.st_mode), "s")
+        if entry is not None and entry.kind == kind:
+            ino = self.tree.ino[path]
+        else:
+            ino = ino_for("live:" + kind, f"{path}\0{st.st_ino}")
+        self._live_ino[path] = ino
+        return ino
+
+    async def _resolve(self, path: str) -> tuple[int, pyfuse3.EntryAttributes, Entry | None]:
+        """Inode, attributes and manifest entry (None when live) of *path*; ENOENT if none."""
+        if self._resolves_live(path):
+            st = await self._src(os.lstat, self.source.path(path))
+            ino = self._ino_of_live(path, st)
+            return ino, self._stat_attrs(ino, st), None
+        entry = self.tree.get(path)
+        if entry is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        ino = self.tree.ino[path]
+        return ino, self._entry_attrs(ino, entry, self.tree.links(path)), entry
+
+    async def _attrs_of(self, node: Node) -> pyfuse3.EntryAttributes:
+        if node.gone or (node.entry is not None and not self.is_live(node.path)):
+            if node.entry is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            attr = self._entry_attrs(node.ino, node.entry, self.tree.links(node.path))
+            if node.gone:
+                attr.st_nlink = 0
+            return attr
+        st = await self._src(os.lstat, self.source.path(node.path))
+        return self._stat_attrs(node.ino, st)
+
+    def _node(self, ino: int) -> Node:
+        node = self.nodes.get(ino)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ESTALE)
+        return node
+
+    def _remember(self, ino: int, path: str, entry: Entry | None) -> Node:
+        """Count one more kernel reference to *ino* (every reply carrying an entry does)."""
+        node = self.nodes.get(ino)
+        if node is None:
+            node = self.nodes[ino] = Node(ino, path, entry)
+        elif node.gone or (node.path != path and node.entry is None):
+            node.path, node.entry, node.gone = path, entry, False
+        node.lookups += 1
+        return node
+
+    async def _src(self, fn: Callable[..., R], *args: object) -> R:
+        """Call into SOURCE in a thread; errors meaning "source gone" become SourceUnavailable."""
+        try:
+            return await self.source.call(fn, *args)
+        except OSError as exc:
+            await self.source.check_error(exc)
+            raise
+
+    # ------------------------------------------------------------ lookups and attributes
+
+    @handler
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = self._node(parent_inode)
+        path = child_path(parent.path, name)
+        ino, attr, entry = await self._resolve(path)
+        self._remember(ino, path, entry)
+        return attr
+
+    @handler
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, count in inode_list:
+            node = self.nodes.get(ino)
+            if node is None:
+                continue
+            node.lookups -= count
+            if node.lookups <= 0 and ino != ROOT_INO:
+                del self.nodes[ino]
+
+    @handler
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return await self._attrs_of(self._node(inode))
+
+    @handler
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self._node(inode)
+        if node.entry is not None and not self.is_live(node.path):
+            if node.entry.kind != SYMLINK:
+                raise pyfuse3.FUSEError(errno.EINVAL)
+            return node.entry.target.encode("utf-8", "surrogateescape")
+        return os.fsencode(await self._src(os.readlink, self.source.path(node.path)))
+
+    @handler
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self._node(inode)
+        if inode == ROOT_INO and name == REFRESH_XATTR:
+            return (await self.refresh(wait=True)).encode()
+        if node.entry is not None and not self.is_live(node.path):
+            text = name.decode("utf-8", "surrogateescape")
+            for key, value in node.entry.xattrs:
+                if key == text:
+                    return value
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return await self._src(_getxattr, self.source.path(node.path), name)
+
+    @handler
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        node = self._node(inode)
+        if node.entry is not None and not self.is_live(node.path):
+            return [k.encode("utf-8", "surrogateescape") for k, _ in node.entry.xattrs]
+        names = await self._src(_listxattr, self.source.path(node.path))
+        return [os.fsencode(n) for n in names]
+
+    @handler
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        st = os.statvfs(self.cache.root)
+        data = pyfuse3.StatvfsData()
+        for name in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail"):
+            setattr(data, name, getattr(st, name))
+        data.f_files = len(self.tree.manifest)
+        data.f_ffree = data.f_favail = st.f_ffree
+        data.f_namemax = 255
+        return data
+
+    # ------------------------------------------------------------ directories
+
+    @handler
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        node = self._node(inode)
+        names: list[tuple[bytes, str, Entry | None, pyfuse3.EntryAttributes]] = []
+        if node.entry is not None and not self.is_live(node.path):
+            for path in self.tree.children.get(node.path, ()):
+                entry = self.tree.manifest.entries[path]
+                ino = self.tree.ino[path]
+                attr = self._entry_attrs(ino, entry, self.tree.links(path))
+                names.append((fs_name(path), path, entry, attr))
+        else:
+            listing = await self._src(_list_dir, self.source.path(node.path))
+            for name, st in listing:
+                path = child_path(node.path, name)
+                if self._resolves_live(path) or path not in self.tree.manifest:
+                    ino = self._ino_of_live(path, st)
+                    names.append((name, path, None, self._stat_attrs(ino, st)))
+                else:
+                    entry = self.tree.manifest.entries[path]
+                    ino = self.tree.ino[path]
+                    attr = self._entry_attrs(ino, entry, self.tree.links(path))
+                    names.append((name, path, entry, attr))
+        fh = self._new_fh()
+        self._listings[fh] = Listing(names)
+        return fh
+
+    @handler
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        # pyfuse3 answers READDIRPLUS: every entry the kernel accepts counts as a lookup.
+        names = self._listings[fh].names
+        for index in range(start_id, len(names)):
+            name, path, entry, attr = names[index]
+            if not pyfuse3.readdir_reply(token, name, attr, index + 1):
+                break
+            self._remember(attr.st_ino, path, entry)
+
+    @handler
+    async def releasedir(self, fh: int) -> None:
+        self._listings.pop(fh, None)
+
+    # ------------------------------------------------------------ reading files
+
+    def _new_fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    @handler
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self._node(inode)
+        writing = flags & os.O_ACCMODE != os.O_RDONLY
+        if writing:
+            self._check_writable()
+            self._make_live(node.path)
+        fh = self._new_fh()
+        entry = node.entry
+        if not writing and entry is not None and entry.kind == FILE and not self.is_live(node.path):
+            if entry.size == 0:
+                self._handles[fh] = Handle(node, data=b"")
+                return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+            handle = await self._open_cached(node, entry)
+            if handle is not None:
+                self._handles[fh] = handle
+                keep = node.page_digest == entry.digest
+                node.page_digest = entry.digest
+                return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
+        # SOURCE serves it: live, diverged from the manifest, or too big to cache.
+        node.page_digest = ""
+        open_flags = (flags & ~(os.O_CREAT | os.O_EXCL)) | os.O_CLOEXEC
+        fd = await self._src(os.open, self.source.path(node.path), open_flags)
+        self._handles[fh] = Handle(node, fd=fd, source=True)
+        return pyfuse3.FileInfo(fh=fh, direct_io=True)
+
+    async def _open_cached(self, node: Node, entry: Entry) -> Handle | None:
+        """A handle on the verified cached object of *entry*, fetching it if needed.
+
+        None when SOURCE must serve the file instead (its bytes differ from the manifest,
+        or the object cannot be cached). One task at a time works on a given digest; the
+        others wait for it and then find the object cached.
+        """
+        digest, size = entry.digest, entry.size
+        fetched_here = False
+        while True:
+            event = self._inflight.get(digest)
+            if event is not None:
+                await event.wait()
+                continue
+            if self.cache.has(digest):
+                if digest in self.cache.verified or size <= SMALL:
+                    handle = self._open_object(node, digest, size)
+                    if handle is not None:
+                        if not fetched_here:
+                            self.cache.counters.hits += 1
+                        self._note_boot(digest)
+                        return handle
+                    continue
+                await self._guarded(digest, self._verify(digest))
+                continue
+            fetched_here = await self._guarded(digest, self._fetch(node.path, digest, size))
+            if not fetched_here:
+                return None
+
+    async def _guarded(self, digest: str, work: Awaitable[R]) -> R:
+        event = self._inflight[digest] = trio.Event()
+        try:
+            return await work
+        finally:
+            del self._inflight[digest]
+            event.set()
+
+    def _open_object(self, node: Node, digest: str, size: int) -> Handle | None:
+        """Open a cached object inline (a local file: cheap); None if it was bad or gone."""
+        path = self.cache.object_path(digest)
+        try:
+            if size <= SMALL:
+                with open(path, "rb", buffering=0) as f:
+                    data = f.read()
+                if digest not in self.cache.verified:
+                    if xxhash.xxh3_128_hexdigest(data) != digest:
+                        self._drop_bad(digest)
+                        return None
+                    self.cache.verified.add(digest)
+                self.cache.touch(digest)
+                return Handle(node, data=data, digest=digest)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self.cache.discard(digest)
+            return None
+        self.cache.touch(digest)
+        self.cache.pin(digest)
+        return Handle(node, fd=fd, digest=digest)
+
+    async def _verify(self, digest: str) -> None:
+        good = False
+        try:
+            good = (
+                await trio.to_thread.run_sync(hash_file, self.cache.object_path(digest)) == digest
+            )
+        except FileNotFoundError:
+            self.cache.discard(digest)
+            return
+        if good:
+            self.cache.verified.add(digest)
+        else:
+            self._drop_bad(digest)
+
+    def _drop_bad(self, digest: str) -> None:
+        log.warning("cached object %s does not match its name; removed, fetching again", digest)
+        self.cache.counters.bad_objects += 1
+        self.cache.discard(digest)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.cache.object_path(digest))
+
+    def _evict(self, incoming: int, target: float | None = None) -> None:
+        # Inline on purpose: an object chosen for eviction is out of the index at once, and
+        # unlinking it here means a fetch admitting the same digest again cannot race a
+        # late unlink. Eviction runs rarely and brings usage well under the quota.
+        victims = self.cache.choose_victims(incoming, target=target)
+        self.cache.unlink_objects(victims)
+        if victims:
+            log.info("evicted %d objects; %d bytes cached", len(victims), self.cache.used)
+
+    async def _fetch(self, path: str, digest: str, size: int) -> bool:
+        """Copy *path* from SOURCE into the cache; True once admitted under *digest*."""
+        if not self.cache.fits(size):
+            return False
+        if not self.source.online:
+            raise SourceUnavailable(f"{path}: source offline")
+        if self.cache.over_quota(size):
+            self._evict(size)
+        for attempt in range(2):
+            tmp = self.cache.new_tmp()
+            try:
+                fetched = await self._src(fetch_into, self.source.path(path), tmp)
+            except OSError as exc:
+                _unlink_quietly(tmp)
+                if exc.errno == errno.ENOSPC and attempt == 0:
+                    self._evict(size, target=self.cache.used * 0.7)
+                    continue
+                if exc.errno == errno.ENOSPC:
+                    return False
+                if exc.errno in (errno.ENOENT, errno.ELOOP, errno.EISDIR, errno.ENOTDIR):
+                    self._diverged(path, "is no longer a file on the source")
+                    return False
+                raise
+            except BaseException:
+                _unlink_quietly(tmp)
+                raise
+            if fetched.digest != digest:
+                _unlink_quietly(tmp)
+                self._diverged(path, "differs on the source from the manifest")
+                return False
+            final = self.cache.object_path(digest)
+            try:
+                os.rename(tmp, final)
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(final), mode=0o700, exist_ok=True)
+                os.rename(tmp, final)
+            self.cache.admitted(digest, fetched.size)
+            if self.cache.over_quota():  # concurrent fetches all passed the check above
+                self.cache.pin(digest)  # never the object just admitted
+                self._evict(0)
+                self.cache.unpin(digest)
+            self.cache.counters.misses += 1
+            self.cache.counters.fetched_bytes += fetched.size
+            return True
+        return False
+
+    def _diverged(self, path: str, why: str) -> None:
+        """SOURCE holds something else than the manifest says: serve SOURCE as it is."""
+        self.cache.counters.mismatches += 1
+        if path not in self._diverged_logged:
+            self._diverged_logged.add(path)
+            log.warning("%s %s; serving it from the source, uncached", path, why)
+        self._make_live(path)
+        for member in self.tree.group_of(path):
+            ino = self.tree.ino.get(member)
+            if ino is not None:
+                self._queue(Invalidation(ino=ino))
+
+    def _note_boot(self, digest: str) -> None:
+        if time.monotonic() - self.started < self.options.boot_window:
+            self.boot_set[digest] = None
+
+    @handler
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self._handles[fh]
+        if handle.data is not None:
+            return handle.data[off : off + size]
+        if not handle.source:
+            return os.pread(handle.fd, size, off)
+        return await self._src(os.pread, handle.fd, size, off)
+
+    @handler
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh)
+        if handle.fd >= 0:
+            if handle.source:
+                await self._src(os.close, handle.fd)
+            else:
+                os.close(handle.fd)
+                self.cache.unpin(handle.digest)
+
+    # No flush handler: the base class answers ENOSYS once and the kernel stops sending
+    # FLUSH on every close(2), one request per file less. Writes go straight to SOURCE.
+
+    @handler
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        handle = self._handles[fh]
+        if handle.source:
+            await self._src(os.fdatasync if datasync else os.fsync, handle.fd)
+
+    # ------------------------------------------------------------ writing through
+
+    def _check_writable(self) -> None:
+        if self.options.read_only:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        if not self.source.online:
+            raise pyfuse3.FUSEError(errno.EIO)
+
+    def _make_live(self, *paths: str) -> None:
+        for path in paths:
+            for member in self.tree.group_of(path):
+                self.live.add(member)
+
+    def _child(self, parent_inode: int, name: bytes) -> tuple[Node, str]:
+        parent = self._node(parent_inode)
+        return parent, child_path(parent.path, name)
+
+    async def _created(self, path: str) -> pyfuse3.EntryAttributes:
+        st = await self._src(os.lstat, self.source.path(path))
+        ino = self._ino_of_live(path, st)
+        self._remember(ino, path, None)
+        return self._stat_attrs(ino, st)
+
+    @handler
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle = self._handles[fh]
+        if not handle.source:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return await self._src(os.pwrite, handle.fd, buf, off)
+
+    @handler
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        self._check_writable()
+        node = self._node(inode)
+        self._make_live(node.path)
+        handle = self._handles.get(fh) if fh is not None else None
+        target: str | int = handle.fd if handle is not None and handle.source else ""
+        await self._src(_apply_setattr, target or self.source.path(node.path), attr, fields)
+        return await self._attrs_of(node)
+
+    @handler
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._check_writable()
+        parent, path = self._child(parent_inode, name)
+        self._make_live(path, parent.path)
+        fd = await self._src(
+            _create,
+            self.source.path(path),
+            flags | os.O_CREAT | os.O_CLOEXEC,
+            mode,
+            ctx.uid,
+            ctx.gid,
+        )
+        attr = await self._created(path)
+        fh = self._new_fh()
+        self._handles[fh] = Handle(self.nodes[attr.st_ino], fd=fd, source=True)
+        return pyfuse3.FileInfo(fh=fh, direct_io=True), attr
+
+    @handler
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._check_writable()
+        parent, path = self._child(parent_inode, name)
+        self._make_live(path, parent.path)
+        await self._src(_make, "dir", self.source.path(path), mode, 0, ctx.uid, ctx.gid)
+        return await self._created(path)
+
+    @handler
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._check_writable()
+        parent, path = self._child(parent_inode, name)
+        self._make_live(path, parent.path)
+        await self._src(_make, "node", self.source.path(path), mode, rdev, ctx.uid, ctx.gid)
+        return await self._created(path)
+
+    @handler
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._check_writable()
+        parent, path = self._child(parent_inode, name)
+        self._make_live(path, parent.path)
+        await self._src(_make_symlink, self.source.path(path), target, ctx.uid, ctx.gid)
+        return await self._created(path)
+
+    @handler
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._check_writable()
+        node = self._node(inode)
+        parent, path = self._child(new_parent_inode, new_name)
+        self._make_live(node.path, path, parent.path)
+        await self._src(_link, self.source.path(node.path), self.source.path(path))
+        attr = await self._attrs_of(node)
+        node.lookups += 1
+        return attr
+
+    async def _remove(self, parent_inode: int, name: bytes, fn: Callable[[str], None]) -> None:
+        self._check_writable()
+        parent, path = self._child(parent_inode, name)
+        self._make_live(path, parent.path)
+        await self._src(fn, self.source.path(path))
+        for node in self.nodes.values():
+            if node.path == path:
+                node.gone = True
+
+    @handler
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._remove(parent_inode, name, os.unlink)
+
+    @handler
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._remove(parent_inode, name, os.rmdir)
+
+    @handler
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        self._check_writable()
+        old_parent, old = self._child(parent_inode_old, name_old)
+        new_parent, new = self._child(parent_inode_new, name_new)
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        self._make_live(old, new, old_parent.path, new_parent.path)
+        self.live_trees.update((old, new))
+        await self._src(
+            _rename,
+            self.source.path(old),
+            self.source.path(new),
+            bool(flags & pyfuse3.RENAME_NOREPLACE),
+        )
+        for node in self.nodes.values():
+            if node.path == new:
+                node.gone = True
+        for node in self.nodes.values():
+            if node.path == old or node.path.startswith(old + "/"):
+                node.path = new + node.path[len(old) :]
+                node.entry = None  # SOURCE says what it is now
+
+    @handler
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        self._check_writable()
+        node = self._node(inode)
+        self._make_live(node.path)
+        await self._src(_setxattr, self.source.path(node.path), name, value)
+
+    @handler
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._check_writable()
+        node = self._node(inode)
+        self._make_live(node.path)
+        await self._src(_removexattr, self.source.path(node.path), name)
+
+    # ------------------------------------------------------------ new manifests
+
+    async def refresh(self, *, wait: bool = False) -> str:
+        """Read SOURCE's manifest; if it is new, switch to it and invalidate what changed.
+
+        Invalidations are queued to the invalidation task (never sent from a handler);
+        with *wait*, return once the kernel has processed them.
+        """
+        async with self._refresh_lock:
+            manifest, data, digest = await self.source.read_manifest()
+            if digest == self.manifest_digest:
+                return f"unchanged {digest}"
+            tree = await trio.to_thread.run_sync(Tree, manifest)
+            if tree.get("/") is None:
+                raise pyfuse3.FUSEError(errno.EIO)
+            changed = self._switch(tree, digest)
+            try:
+                await trio.to_thread.run_sync(_save_manifest, self.cache.root, data)
+            except OSError as exc:  # e.g. ENOSPC: the mount goes on; only offline mounts need it
+                log.warning("could not keep a copy of the new manifest: %s", exc)
+            log.info("new manifest %s: %d known inodes changed", digest, changed)
+        if wait:
+            done = trio.Event()
+            await self._inval_send.send(done)
+            with trio.move_on_after(10):
+                await done.wait()
+        return f"refreshed {digest} ({changed} changed)"
+
+    def _switch(self, tree: Tree, digest: str) -> int:
+        old_live = self.live | self.live_trees
+        # A path written through stays live until the new manifest lists it.
+        keep = {p for p in self.live if p not in tree.manifest}
+        for path in list(keep):
+            while path != "/":
+                path = parent_of(path)
+                keep.add(path)
+        self.live = keep
+        self.live_trees = {p for p in self.live_trees if p not in tree.manifest}
+        self.tree, self.manifest_digest = tree, digest
+        changed = 0
+        for node in list(self.nodes.values()):
+            if node.gone:
+                continue
+            entry = tree.get(node.path)
+            was_live = node.entry is None or node.path in old_live
+            if entry is None or tree.ino[node.path] != node.ino:
+                if node.ino != ROOT_INO and not self.is_live(node.path):
+                    parent = tree.ino.get(parent_of(node.path), 0)
+                    if parent and parent in self.nodes:
+                        self._queue(Invalidation(parent=parent, name=fs_name(node.path)))
+                    changed += 1
+                continue
+            if was_live or entry != node.entry:
+                same_data = (
+                    not was_live and node.entry is not None and node.entry.same_content(entry)
+                )
+                self._queue(Invalidation(ino=node.ino, attr_only=same_data))
+                if not same_data:
+                    node.page_digest = ""
+                node.entry = entry
+                changed += 1
+        return changed
+
+    def _queue(self, item: Invalidation) -> None:
+        try:
+            self._inval_send.send_nowait(item)
+        except trio.WouldBlock:
+            log.warning("invalidation queue full; dropping one (the kernel may serve stale data)")
+
+    async def run_invalidations(self) -> None:
+        """Send queued invalidations to the kernel from a worker thread (the S3QL way)."""
+        async for item in self._inval_recv:
+            if isinstance(item, trio.Event):
+                item.set()
+                continue
+            await trio.to_thread.run_sync(_invalidate, item)
+
+    # ------------------------------------------------------------ prefetch
+
+    async def prefetch(self, digests: list[str], *, parallel: int = 4) -> int:
+        """Fetch the given objects into the cache, *parallel* at a time; returns how many."""
+        wanted = self.tree.file_paths()
+        jobs = [(d, *wanted[d]) for d in digests if d in wanted and not self.cache.has(d)]
+        send, recv = trio.open_memory_channel[tuple[str, str, int]](len(jobs) or 1)
+        for job in jobs:
+            send.send_nowait(job)
+        send.close()
+        fetched = 0
+
+        async def worker() -> None:
+            nonlocal fetched
+            async for digest, path, size in recv:
+                if self.cache.has(digest) or digest in self._inflight:
+                    continue
+                try:
+                    if await self._guarded(digest, self._fetch(path, digest, size)):
+                        fetched += 1
+                except (OSError, SourceUnavailable, pyfuse3.FUSEError) as exc:
+                    log.info("prefetch of %s failed: %s", path, exc)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(parallel):
+                nursery.start_soon(worker)
+        return fetched
+
+
+def _invalidate(item: Invalidation) -> None:
+    try:
+        if item.ino:
+            pyfuse3.invalidate_inode(item.ino, item.attr_only)
+        else:
+            pyfuse3.invalidate_entry(item.parent, item.name)
+    except OSError as exc:  # ENOENT: the kernel had already forgotten it
+        log.debug("invalidation %s: %s", item, exc)
+
+
+def _save_manifest(root: os.PathLike[str] | str, data: bytes) -> None:
+    from pathlib import Path
+
+    from rootfs.durable import atomic_write_bytes
+
+    atomic_write_bytes(Path(root) / "manifest", data, mode=0o600)
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _getxattr(path: str, name: bytes) -> bytes:
+    try:
+        return os.getxattr(path, name, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno == errno.ENODATA:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
+        raise
+
+
+def _listxattr(path: str) -> list[str]:
+    return os.listxattr(path, follow_symlinks=False)
+
+
+def _link(src: str, dst: str) -> None:
+    os.link(src, dst, follow_symlinks=False)
+
+
+def _setxattr(path: str, name: bytes, value: bytes) -> None:
+    os.setxattr(path, name, value, 0, follow_symlinks=False)
+
+
+def _removexattr(path: str, name: bytes) -> None:
+    os.removexattr(path, name, follow_symlinks=False)
+
+
+def _list_dir(path: str) -> list[tuple[bytes, os.stat_result]]:
+    result = []
+    with os.scandir(os.fsencode(path)) as it:
+        for item in it:
+            try:
+                result.append((item.name, item.stat(follow_symlinks=False)))
+            except FileNotFoundError:
+                continue
+    result.sort()
+    return result
+
+
+def _apply_setattr(
+    target: str | int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields
+) -> None:
+    is_fd = isinstance(target, int)
+    follow: dict[str, Any] = {} if is_fd else {"follow_symlinks": False}
+    if fields.update_uid or fields.update_gid:
+        os.chown(
+            target,
+            attr.st_uid if fields.update_uid else -1,
+            attr.st_gid if fields.update_gid else -1,
+            **follow,
+        )
+    if fields.update_mode:
+        st = os.stat(target) if isinstance(target, int) else os.lstat(target)
+        if not stat.S_ISLNK(st.st_mode):
+            os.chmod(target, stat.S_IMODE(attr.st_mode))
+    if fields.update_size:
+        os.truncate(target, attr.st_size)
+    if fields.update_atime or fields.update_mtime:
+        st = os.stat(target) if isinstance(target, int) else os.lstat(target)
+        atime = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
+        mtime = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
+        os.utime(target, ns=(atime, mtime), **follow)
+
+
+def _create(path: str, flags: int, mode: int, uid: int, gid: int) -> int:
+    fd = os.open(path, flags, stat.S_IMODE(mode))
+    os.fchown(fd, uid, gid)
+    return fd
+
+
+def _make(what: str, path: str, mode: int, rdev: int, uid: int, gid: int) -> None:
+    if what == "dir":
+        os.mkdir(path, stat.S_IMODE(mode))
+    else:
+        os.mknod(path, mode, rdev)
+    os.chown(path, uid, gid, follow_symlinks=False)
+
+
+def _make_symlink(path: str, target: bytes, uid: int, gid: int) -> None:
+    os.symlink(target, os.fsencode(path))
+    os.chown(path, uid, gid, follow_symlinks=False)
+
+
+def _rename(old: str, new: str, noreplace: bool) -> None:
+    if noreplace and os.path.lexists(new):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), new)
+    os.rename(old, new)

@@ -1,0 +1,361 @@
+"""The local object cache: verified file contents named by their xxh3-128, kept under a quota.
+
+Layout under the cache directory (``--cache DIR``)::
+
+    objects/ab/<30 hex>   one file per admitted content, named by its digest (as in the store)
+    tmp/                  fetches in flight; anything here at start was left by a killed mount
+    index                 LRU order and charged size of every object, oldest first
+    index.clean           present only while ``index`` is known to match ``objects/``
+    manifest              the last good manifest read from SOURCE (used when it is unreachable)
+    bootset               digests the previous mount read during its first minutes (--prefetch)
+    stats.json            counters, flushed by the running mount every few seconds
+
+The index lives in memory while mounted. ``index.clean`` is removed when a mount starts and
+written back when it stops cleanly, so after a kill -9 the index is rebuilt from ``objects/``
+(LRU order then follows admission time): the directory, not the index, is the truth.
+
+Objects are admitted by rename after their hash matched, without a per-object fsync: a mount
+hashes every cached object the first time it opens it anyway (CernVM-FS checks while
+downloading, we check on each mount's first use), so an object torn by a power cut is found,
+removed and fetched again, and cold reads do not pay 0.8 ms of fsync per file (measured here).
+
+Quota accounting charges each object its size rounded up to 4 KiB blocks (at least one), close
+to what it costs on disk, so a cache of many small files does not overrun the disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import mmap
+import os
+import uuid
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import xxhash
+
+from rootfs.durable import atomic_write_bytes
+
+INDEX_HEADER = "rootfs-cache-index 1"
+BLOCK = 4096
+LOW_WATER = 0.7  # eviction brings usage down to this share of the quota (PEERS: CernVM-FS 0.5)
+MAP_THRESHOLD = 1 << 20
+MAP_CHUNK = 16 << 20
+
+
+def charge(size: int) -> int:
+    """Bytes an object of *size* is charged against the quota: whole 4 KiB blocks, at least one."""
+    return max(BLOCK, -(-size // BLOCK) * BLOCK)
+
+
+def hash_file(path: str | os.PathLike[str]) -> str:
+    """xxh3-128 hex digest of a file's bytes.
+
+    Large files are hashed through a read-only mapping: no copy into user space, which
+    here makes hashing a page-cached GiB take 0.12 s instead of 0.38 s with read().
+    """
+    hasher = xxhash.xxh3_128()
+    with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < MAP_THRESHOLD:
+            hasher.update(f.read())
+            return str(hasher.hexdigest())
+        with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mapped:
+            mapped.madvise(mmap.MADV_SEQUENTIAL)
+            view = memoryview(mapped)
+            try:
+                for offset in range(0, len(mapped), MAP_CHUNK):
+                    hasher.update(view[offset : offset + MAP_CHUNK])
+            finally:
+                view.release()
+    return str(hasher.hexdigest())
+
+
+@dataclass
+class Counters:
+    """What a user asks `rootfs cache stats` about; cumulative over every mount of the cache."""
+
+    hits: int = 0
+    misses: int = 0
+    fetched_bytes: int = 0
+    evictions: int = 0
+    evicted_bytes: int = 0
+    bad_objects: int = 0
+    mismatches: int = 0
+    source_errors: int = 0
+
+    @classmethod
+    def load(cls, path: Path) -> Counters:
+        """Counters saved at *path*; zeros when missing or unreadable (they are only statistics)."""
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return cls()
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: int(v) for k, v in data.get("counters", {}).items() if k in known})
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Outcome of an offline verification of a cache directory."""
+
+    objects: int
+    bytes: int
+    bad: tuple[str, ...]
+    temp_removed: int
+
+
+class ObjectCache:
+    """Index, quota and LRU of the objects under a cache directory.
+
+    All methods run on the mount's trio thread except where said: they only touch
+    in-memory state or do single cheap syscalls, and the slow work (hashing, copying,
+    unlinking many victims) is handed to threads by the caller.
+    """
+
+    def __init__(self, root: Path, *, quota: int | None) -> None:
+        self.root = root
+        self.objects = root / "objects"
+        self.tmp = root / "tmp"
+        self.quota = quota
+        self._lru: OrderedDict[str, int] = OrderedDict()
+        self.used = 0
+        self._pins: Counter[str] = Counter()
+        self.verified: set[str] = set()  # hashed and found good during this mount
+        self.counters = Counters()
+        self.index_rebuilt = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    def open(self) -> None:
+        """Prepare the directory: clean temp files, load or rebuild the index, load counters."""
+        for directory in (self.root, self.objects, self.tmp):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for name in os.listdir(self.tmp):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.tmp / name)
+        clean = self.root / "index.clean"
+        if not (clean.exists() and self._load_index()):
+            self._rebuild_index()
+            self.index_rebuilt = True
+        with contextlib.suppress(FileNotFoundError):
+            clean.unlink()
+        self.counters = Counters.load(self.root / "stats.json")
+
+    def close(self) -> None:
+        """Write the index and counters back; the index is trusted by the next mount."""
+        self.save_stats()
+        lines = [INDEX_HEADER, *(f"{d}\t{c}" for d, c in self._lru.items()), ""]
+        atomic_write_bytes(self.root / "index", "\n".join(lines).encode(), mode=0o600)
+        atomic_write_bytes(self.root / "index.clean", b"", mode=0o600)
+
+    def _load_index(self) -> bool:
+        try:
+            lines = (self.root / "index").read_text().split("\n")
+        except OSError:
+            return False
+        if not lines or lines[0] != INDEX_HEADER:
+            return False
+        try:
+            for line in lines[1:]:
+                if line:
+                    digest, charged = line.split("\t")
+                    self._add(digest, int(charged))
+        except ValueError:
+            self._lru.clear()
+            self.used = 0
+            return False
+        return True
+
+    def _rebuild_index(self) -> None:
+        found = []
+        for digest in iter_objects(self.objects):
+            try:
+                st = os.stat(self.object_path(digest))
+            except FileNotFoundError:
+                continue
+            found.append((st.st_mtime_ns, digest, charge(st.st_size)))
+        self._lru.clear()
+        self.used = 0
+        for _, digest, charged in sorted(found):
+            self._add(digest, charged)
+
+    def save_stats(self) -> None:
+        """Flush counters and sizes to ``stats.json`` for `rootfs cache stats`."""
+        data = {
+            "objects": len(self._lru),
+            "bytes": self.used,
+            "quota": self.quota,
+            "counters": asdict(self.counters),
+        }
+        atomic_write_bytes(self.root / "stats.json", json.dumps(data, indent=1).encode())
+
+    # ------------------------------------------------------------ lookups
+
+    def object_path(self, digest: str) -> str:
+        return f"{self.objects}/{digest[:2]}/{digest[2:]}"
+
+    def has(self, digest: str) -> bool:
+        return digest in self._lru
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def touch(self, digest: str) -> None:
+        """Mark *digest* most recently used."""
+        if digest in self._lru:
+            self._lru.move_to_end(digest)
+
+    def pin(self, digest: str) -> None:
+        """Keep *digest* from eviction while a file using it is open."""
+        self._pins[digest] += 1
+
+    def unpin(self, digest: str) -> None:
+        self._pins[digest] -= 1
+        if self._pins[digest] <= 0:
+            del self._pins[digest]
+
+    def new_tmp(self) -> str:
+        """A fresh path in ``tmp/`` for a fetch (created by the caller)."""
+        return f"{self.tmp}/{uuid.uuid4().hex}"
+
+    # ------------------------------------------------------------ admission and eviction
+
+    def _add(self, digest: str, charged: int) -> None:
+        if digest in self._lru:
+            self.used -= self._lru[digest]
+        self._lru[digest] = charged
+        self.used += charged
+
+    def fits(self, size: int) -> bool:
+        """Whether an object of *size* can be cached at all (it may not exceed the low water)."""
+        return self.quota is None or charge(size) <= self.quota * LOW_WATER
+
+    def admitted(self, digest: str, size: int) -> None:
+        """Record an object a fetch renamed into ``objects/`` after its hash matched."""
+        self._add(digest, charge(size))
+        self.verified.add(digest)
+
+    def discard(self, digest: str) -> None:
+        """Forget a bad or vanished object (the caller unlinks the file)."""
+        charged = self._lru.pop(digest, None)
+        if charged is not None:
+            self.used -= charged
+        self.verified.discard(digest)
+
+    def over_quota(self, incoming: int = 0) -> bool:
+        extra = charge(incoming) if incoming else 0
+        return self.quota is not None and self.used + extra > self.quota
+
+    def choose_victims(self, incoming: int = 0, *, target: float | None = None) -> list[str]:
+        """Remove least-recently-used, unpinned objects from the index until usage plus
+        *incoming* is at the low water mark (or *target* bytes); returns them for unlinking.
+        """
+        if target is None:
+            if self.quota is None:
+                return []
+            target = self.quota * LOW_WATER
+        goal = target - charge(incoming) if incoming else target
+        victims = []
+        for digest in list(self._lru):
+            if self.used <= goal:
+                break
+            if digest in self._pins:
+                continue
+            victims.append(digest)
+            self.counters.evicted_bytes += self._lru[digest]
+            self.discard(digest)
+        self.counters.evictions += len(victims)
+        return victims
+
+    def unlink_objects(self, digests: list[str]) -> None:
+        """Delete object files (run in a thread: there may be thousands)."""
+        for digest in digests:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.object_path(digest))
+
+
+def iter_objects(objects: Path) -> Iterator[str]:
+    """Digests of the object files under *objects* (``ab/<rest>``), skipping anything else."""
+    try:
+        prefixes = os.listdir(objects)
+    except FileNotFoundError:
+        return
+    for prefix in prefixes:
+        if len(prefix) != 2:
+            continue
+        with contextlib.suppress(NotADirectoryError, FileNotFoundError):
+            for rest in os.listdir(objects / prefix):
+                if len(rest) == 30:
+                    yield prefix + rest
+
+
+def verify_cache(root: Path, *, threads: int = 4) -> VerifyReport:
+    """Re-hash every object of an unmounted cache, remove the bad ones and stale temp files.
+
+    Hashing runs in a few threads: xxhash releases the GIL on large buffers, so reading
+    and hashing overlap across objects. The index is marked unclean when anything was
+    removed, so the next mount rebuilds it from the directory.
+    """
+    objects = root / "objects"
+    temp_removed = 0
+    tmp = root / "tmp"
+    if tmp.is_dir():
+        for name in os.listdir(tmp):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp / name)
+                temp_removed += 1
+    digests = list(iter_objects(objects))
+
+    def check(digest: str) -> tuple[str, int, bool]:
+        path = objects / digest[:2] / digest[2:]
+        try:
+            size = os.stat(path).st_size
+            good = hash_file(path) == digest
+        except OSError:
+            return digest, 0, False
+        return digest, size, good
+
+    bad = []
+    total = 0
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for digest, size, good in pool.map(check, digests):
+            total += size
+            if not good:
+                bad.append(digest)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(objects / digest[:2] / digest[2:])
+    if bad:
+        with contextlib.suppress(FileNotFoundError):
+            (root / "index.clean").unlink()
+        counters = Counters.load(root / "stats.json")
+        counters.bad_objects += len(bad)
+        stats_path = root / "stats.json"
+        try:
+            data = json.loads(stats_path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        data["counters"] = asdict(counters)
+        atomic_write_bytes(stats_path, json.dumps(data, indent=1).encode())
+    return VerifyReport(len(digests), total, tuple(sorted(bad)), temp_removed)
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a size such as ``2G``, ``500M``, ``1.5G`` or ``4096`` (binary units)."""
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = value[-1:] if value[-1:] in _UNITS else ""
+    number = value[: len(value) - len(unit)]
+    try:
+        size = int(float(number) * _UNITS[unit])
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size (examples: 2G, 500M, 4096)") from None
+    if size <= 0:
+        raise ValueError(f"{text!r}: a size must be positive")
+    return size
