@@ -27,12 +27,13 @@ STAMP := $(VENV)/.installed-$(PYPROJECT_HASH)
 # The demo runs against the repo's own default site, with all state kept under ./demo/.
 DEMO_DIR ?= $(CURDIR)/demo
 
-.PHONY: help install system-packages venv lint test demo bench clean
+.PHONY: help install system-packages venv lint test demo bench clean $(addprefix bench-,build update dhcp tftp cache)
 
 help:
 	@echo "make test    install everything, then ruff, mypy and pytest (what CI runs)"
 	@echo "make demo    build the default site's hosts from a small base, state under ./demo/"
-	@echo "make bench   time rootfs build against cp -al, cp -a and rsync (bench/build.py)"
+	@echo "make bench   every benchmark against its peer (bench-build, bench-update, bench-dhcp,"
+	@echo "             bench-tftp, bench-cache: cp/rsync, rsync, dnsmasq, tftp-hpa, bindfs)"
 	@echo "make lint    ruff check + mypy"
 	@echo "make install Debian packages + $(VENV) with rootfs and its test tools"
 	@echo "make clean   remove ./demo/ and the install stamp"
@@ -73,8 +74,12 @@ demo: install
 	DEMO_DIR=$(DEMO_DIR) \
 	bash scripts/demo
 
-bench: install
-	$(BIN)/python -m bench.build $(BENCH_ARGS)
+# Each benchmark runs its peer in the same run and prints ratios; `make bench` runs them all.
+BENCHES := build update dhcp tftp cache
+bench: $(addprefix bench-,$(BENCHES))
+
+$(addprefix bench-,$(BENCHES)): bench-%: install
+	$(BIN)/python -m bench.$* $(BENCH_ARGS)
 
 clean:
 	rm -rf demo

@@ -41,6 +41,11 @@ def tree_path(root: Path, path: str) -> str:
     return str(root) if path == "/" else str(root) + path
 
 
+def attic_name(path: str) -> str:
+    """The flat attic name of a manifest path: ``/usr/bin/x`` -> ``usr%2Fbin%2Fx``."""
+    return path.lstrip("/").replace("%", "%25").replace("/", "%2F")
+
+
 def reflink_supported(directory: Path) -> bool:
     """Whether FICLONE works between two files in *directory*."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -110,6 +115,7 @@ class Applier:
         self.scratch = self.root / SCRATCH / "tmp"
         self._scratch_prefix = f"{self.scratch}/{os.getpid()}."
         self._counter = 0
+        self._attic_ready = False
 
     def prepare(self) -> None:
         """Create the tree root and an empty scratch directory (leftovers are garbage)."""
@@ -118,12 +124,18 @@ class Applier:
         self.scratch.mkdir(parents=True, mode=0o700)
 
     def _keep_in_attic(self, path: str) -> None:
-        """Hardlink the regular file at *path* into the attic before it goes away."""
+        """Hardlink the regular file at *path* into the attic before it goes away.
+
+        The attic is flat (one directory per host and apply, names are the escaped
+        paths): creating a directory tree per update cost more than the update.
+        """
         if self.attic is None or path not in self.preserve:
             return
-        kept = f"{self.attic}{path}"
+        if not self._attic_ready:
+            os.makedirs(self.attic, exist_ok=True)
+            self._attic_ready = True
+        kept = f"{self.attic}/{attic_name(path)}"
         try:
-            os.makedirs(os.path.dirname(kept), exist_ok=True)
             os.link(tree_path(self.root, path), kept, follow_symlinks=False)
         except FileExistsError:
             pass  # a replay after a crash: already kept

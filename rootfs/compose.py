@@ -19,6 +19,7 @@ agree on content and metadata, and is named by its first path.
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -54,11 +55,11 @@ def _subtree(paths: Iterable[str], top: str) -> list[str]:
 
 def _delete(tree: dict[str, Entry], layer: Layer) -> None:
     for pattern in layer.deletions:
-        matched = (
-            [p for p in tree if fnmatch.fnmatchcase(p, pattern)]
-            if any(c in pattern for c in "*?[")
-            else ([pattern] if pattern in tree else [])
-        )
+        if any(c in pattern for c in "*?["):
+            match = re.compile(fnmatch.translate(pattern)).match  # once, not per path
+            matched = [p for p in tree if match(p)]
+        else:
+            matched = [pattern] if pattern in tree else []
         for top in matched:
             if top == "/":
                 raise UserError(f"overlay '{layer.name}': overlay.toml: delete: cannot delete '/'")

@@ -411,6 +411,7 @@ async def test_malformed_barrage_during_a_real_download(server: Server, tmp_path
     out = tmp_path / "out"
     rng = random.Random(9)
     done = trio.Event()
+    under_way = trio.Event()  # the barrage has begun: the download starts inside it
     sent = 0
 
     async def barrage() -> None:
@@ -422,6 +423,8 @@ async def test_malformed_barrage_during_a_real_download(server: Server, tmp_path
                 for _ in range(20):
                     await noise.send_raw(rng.randbytes(rng.randrange(0, 1400)))
                 sent += len(MALFORMED) + 20
+                if sent >= 200:
+                    under_way.set()
                 # Also aim at active transfer ports: they must answer ERROR 5, not break.
                 for port in _udp_ports_of_this_process() - {server.port}:
                     await noise.send_raw(rng.randbytes(rng.randrange(0, 100)), ("127.0.0.1", port))
@@ -429,9 +432,11 @@ async def test_malformed_barrage_during_a_real_download(server: Server, tmp_path
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(barrage)
+        await under_way.wait()
+        before = sent
         await run_client(curl(server.port, "big.bin", out, "--tftp-blksize", "512"))
         done.set()
-    assert sent > 1000
+    assert sent > before  # noise kept arriving while the download ran
     assert digest(out) == digest(src)
     async with RawClient(server.port) as client:  # still serving
         assert await client.download(b"f") == blob(4000, 8)
