@@ -2,20 +2,68 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
 import click
 
 from rootfs import __version__
-from rootfs.cli import base, build, cache, exports, host, maintain, site_cmds, trace
-from rootfs.cli import boot as boot_cmds
-from rootfs.cli import serve as serve_cmds
 from rootfs.cli.context import Context
 from rootfs.errors import UserError
 
+# Each command's module is imported only when that command runs: the servers, FUSE and the
+# tar scanner pull in trio, pyfuse3 and compression libraries that a `rootfs build` never needs,
+# and start-up time is most of a no-op build.
+COMMANDS = {
+    "base": "rootfs.cli.base:base",
+    "boot": "rootfs.cli.boot:boot",
+    "build": "rootfs.cli.build:build",
+    "cache": "rootfs.cli.cache:cache",
+    "exports": "rootfs.cli.exports:exports",
+    "gc": "rootfs.cli.maintain:gc",
+    "host": "rootfs.cli.host:host",
+    "init": "rootfs.cli.site_cmds:init",
+    "resolve": "rootfs.cli.maintain:resolve",
+    "serve": "rootfs.cli.serve:serve",
+    "status": "rootfs.cli.site_cmds:status",
+    "trace": "rootfs.cli.trace:trace",
+    "verify": "rootfs.cli.build:verify",
+}
+# Subcommands that live in their own module, added to their group when it is loaded.
+SUBCOMMANDS: dict[str, tuple[str, ...]] = {}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+def _load(target: str) -> click.Command:
+    module, _, attr = target.partition(":")
+    command = getattr(importlib.import_module(module), attr)
+    assert isinstance(command, click.Command)
+    return command
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        command = _load(target)
+        if isinstance(command, click.Group):
+            for sub in SUBCOMMANDS.get(cmd_name, ()):
+                loaded = _load(sub)
+                if loaded.name not in command.commands:
+                    command.add_command(loaded)
+        return command
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.option(
     "--site",
     "site_dir",
@@ -40,21 +88,6 @@ def cli(ctx: click.Context, site_dir: Path | None) -> None:
       rootfs status
     """
     ctx.obj = Context(cli_site=site_dir)
-
-
-for group in (base.base, host.host, exports.exports, cache.cache, boot_cmds.boot):
-    cli.add_command(group)
-for command in (
-    build.build,
-    build.verify,
-    site_cmds.status,
-    site_cmds.init,
-    maintain.resolve,
-    maintain.gc,
-    trace.trace,
-    serve_cmds.serve,
-):
-    cli.add_command(command)
 
 
 def main() -> None:
