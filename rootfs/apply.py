@@ -20,7 +20,6 @@ import os
 import shutil
 import stat
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +48,8 @@ def attic_name(path: str) -> str:
 def reflink_supported(directory: Path) -> bool:
     """Whether FICLONE works between two files in *directory*."""
     directory.mkdir(parents=True, exist_ok=True)
-    src = directory / f".reflink-probe-{uuid.uuid4().hex}"
-    dst = directory / f".reflink-probe-{uuid.uuid4().hex}"
+    src = directory / f".reflink-probe-{os.urandom(16).hex()}"
+    dst = directory / f".reflink-probe-{os.urandom(16).hex()}"
     try:
         with open(src, "wb") as s:
             s.write(b"probe")

@@ -26,7 +26,6 @@ import errno
 import os
 import shutil
 import stat
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -163,7 +162,7 @@ class Store:
         variant = self.variants / entry.digest[:2] / f"{entry.digest[2:]}-{key}"
         if not os.path.lexists(variant):
             variant.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            tmp = self.tmp / uuid.uuid4().hex
+            tmp = self.tmp / os.urandom(16).hex()
             with open(obj, "rb") as src, open(tmp, "xb") as dst:
                 shutil.copyfileobj(src, dst, CHUNK)
                 dst.flush()
@@ -183,7 +182,7 @@ class Store:
         path = f"{self.nodes}/{key[:2]}/{key[2:]}"
         if not os.path.lexists(path):
             os.makedirs(f"{self.nodes}/{key[:2]}", mode=0o700, exist_ok=True)
-            tmp = str(self.tmp / uuid.uuid4().hex)
+            tmp = str(self.tmp / os.urandom(16).hex())
             make_node(tmp, entry)
             set_path_metadata(tmp, entry)
             os.rename(tmp, path)
@@ -215,7 +214,7 @@ class Batch:
         return digest in self.pending or self.store.has(digest)
 
     def _new_tmp(self) -> tuple[Path, int]:
-        path = self.store.tmp / uuid.uuid4().hex
+        path = self.store.tmp / os.urandom(16).hex()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         return path, fd
 

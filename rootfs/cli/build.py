@@ -7,7 +7,6 @@ import click
 from rootfs import disk
 from rootfs.build import Builder
 from rootfs.cli.context import Context
-from rootfs.cli.exports import auto_apply
 from rootfs.cli.render import echo_result
 from rootfs.errors import UserError
 from rootfs.manifest import diff
@@ -58,6 +57,8 @@ def build(
             selected, mode=mode, dry_run=dry_run, repair=repair, on_result=echo_result
         )
         if not dry_run:
+            from rootfs.cli.exports import auto_apply  # deferred: NFS backends load slowly
+
             auto_apply(site)
 
 

@@ -9,7 +9,6 @@ import click
 
 from rootfs.build import Builder
 from rootfs.cli.context import Context
-from rootfs.cli.exports import auto_apply
 from rootfs.cli.render import echo_result
 from rootfs.errors import UserError
 
@@ -105,6 +104,8 @@ def add(
             click.echo(f"removed {name} again: its tree cannot be composed", err=True)
             raise
         builder.apply_desired(desired, on_result=echo_result)
+        from rootfs.cli.exports import auto_apply  # deferred: NFS backends load slowly
+
         auto_apply(site)
 
 
@@ -157,6 +158,8 @@ def remove(ctx: Context, name: str, purge: bool) -> None:
     state = ctx.state
     with state.lock(f"host remove {name}"):
         h = inventory.remove_host(site, name)
+        from rootfs.cli.exports import auto_apply
+
         auto_apply(ctx.reload())  # unexport before a purge deletes the tree
         root = site.host_root(h)
         if purge:
