@@ -19,6 +19,7 @@ DEB_PACKAGES += atftp tftp-hpa tftpd-hpa curl pxelinux syslinux-common ipxe grub
 DEB_PACKAGES += isc-dhcp-client dnsmasq-base iproute2
 DEB_PACKAGES += fuse3 libfuse3-dev pkg-config bindfs
 DEB_PACKAGES += nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils
+DEB_PACKAGES += qemu-system-x86 ipxe-qemu
 
 # Reinstall the venv whenever pyproject.toml's content (not just its mtime) changes.
 PYPROJECT_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)
@@ -73,6 +74,11 @@ demo: install
 	ROOTFS=$(CURDIR)/$(BIN)/rootfs \
 	DEMO_DIR=$(DEMO_DIR) \
 	bash scripts/demo
+	ROOTFS_SITE=$(CURDIR) \
+	ROOTFS_STATE_DIR=$(DEMO_DIR)/state \
+	ROOTFS_EXPORT_ROOT=$(DEMO_DIR)/tftpboot \
+	DEMO_DIR=$(DEMO_DIR) \
+	$(BIN)/python scripts/demo-boot
 
 # Each benchmark runs its peer in the same run and prints ratios; `make bench` runs them all.
 BENCHES := build update dhcp tftp cache

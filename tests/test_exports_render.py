@@ -189,6 +189,7 @@ def test_ganesha_block_per_export_with_pseudo_and_client_acl(tmp_path: Path) -> 
         "\tSecType = sys;\n"
         "\tAccess_Type = None;\n"
         "\tSquash = root_squash;\n"
+        "\tAttr_Expiration_Time = 0;\n"
         "\tFSAL {\n\t\tName = VFS;\n\t}\n"
         "\tCLIENT {\n"
         "\t\tClients = 10.0.0.11;\n"

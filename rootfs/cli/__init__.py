@@ -31,7 +31,7 @@ COMMANDS = {
     "verify": "rootfs.cli.build:verify",
 }
 # Subcommands that live in their own module, added to their group when it is loaded.
-SUBCOMMANDS: dict[str, tuple[str, ...]] = {}
+SUBCOMMANDS = {"boot": ("rootfs.cli.initramfs:initramfs",)}
 
 
 def _load(target: str) -> click.Command:

@@ -92,6 +92,11 @@ def render_ganesha(exports: Iterable[Export], previous_ids: Mapping[str, int]) -
             # Nobody outside the CLIENT list gets anything, whatever EXPORT_DEFAULTS says.
             "\tAccess_Type = None;\n"
             "\tSquash = root_squash;\n"
+            # rootfs rewrites these trees behind ganesha's back (build, base update: rename over
+            # the old file). With the default 60 s, its cache keeps serving a replaced file's old
+            # inode, so a client booting right after `rootfs base update` got the old base (found
+            # by the end-to-end boot test). 0: revalidate attributes, hence dirents, every time.
+            "\tAttr_Expiration_Time = 0;\n"
             "\tFSAL {\n"
             "\t\tName = VFS;\n"
             "\t}\n"
