@@ -35,7 +35,7 @@ FICLONE = 0x40049409  # linux/fs.h _IOW(0x94, 9, int)
 SCRATCH = ".rootfs"
 
 
-def tree_path(root: Path, path: str) -> str:
+def tree_path(root: Path | str, path: str) -> str:
     """The on-disk path of manifest *path* inside the tree at *root*."""
     return str(root) if path == "/" else str(root) + path
 

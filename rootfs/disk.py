@@ -33,7 +33,7 @@ def read_entry(
     root: str, path: str, reference: Entry | None, *, checksum: bool = False
 ) -> tuple[Entry | None, tuple[int, int] | None]:
     """The entry at *path* on disk (None if absent or a socket) and its inode identity."""
-    full = tree_path_str(root, path)
+    full = tree_path(root, path)
     try:
         st = os.lstat(full)
     except (FileNotFoundError, NotADirectoryError):  # absent, or a parent is now a file
@@ -68,10 +68,6 @@ def _symlink_xattrs(full: str) -> tuple[tuple[str, bytes], ...]:
         return ()
 
 
-def tree_path_str(root: str, path: str) -> str:
-    return root if path == "/" else root + path
-
-
 def read_paths(
     root: str, paths: Iterable[str], reference: Manifest, *, checksum: bool = False
 ) -> dict[str, Entry | None]:
@@ -101,7 +97,7 @@ def _fill_links(
             leader = inodes.get(ref.link)
             if leader is None and ref.link not in inodes:
                 try:
-                    st = os.lstat(tree_path_str(root, ref.link))
+                    st = os.lstat(tree_path(root, ref.link))
                     leader = (st.st_dev, st.st_ino)
                 except (FileNotFoundError, NotADirectoryError):
                     leader = None
@@ -124,7 +120,7 @@ def read_tree(root: str, reference: Manifest, *, checksum: bool = False) -> Mani
         found[path], inodes[path] = entry, inode
         if entry.kind == "d":
             prefix = "" if path == "/" else path
-            with os.scandir(tree_path_str(root, path)) as it:
+            with os.scandir(tree_path(root, path)) as it:
                 names = [d.name for d in it]
             for name in names:
                 if path == "/" and name == SCRATCH:
@@ -132,6 +128,3 @@ def read_tree(root: str, reference: Manifest, *, checksum: bool = False) -> Mani
                 stack.append(f"{prefix}/{name}")
     _fill_links(root, found, inodes, reference)
     return Manifest.from_entries(e for e in found.values() if e is not None)
-
-
-__all__ = ["hash_file", "read_entry", "read_paths", "read_tree", "tree_path"]

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from netns import kill_lab
+
 QEMU = "qemu-system-x86_64"
 TOOLS = (QEMU, "ganesha.nfsd", "rpcbind", "ip", "nsenter", "unshare", "apt-get", "dpkg-deb")
 WAIT = 60.0  # seconds for a daemon to listen on a loaded 2-core machine
@@ -211,42 +213,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(10)
 
 
-def _lab_pids(lab: BootLab) -> set[int]:
-    """Every process in the lab: in its private mount namespace (rpcbind, ganesha.nfsd, which
-    daemonizes away from our children, and the holder) or in its network namespace."""
-    pids: set[int] = set()
-    if lab.holder is not None:
-        with contextlib.suppress(OSError):
-            ours = os.readlink(f"/proc/{lab.holder.pid}/ns/mnt")
-            for entry in os.listdir("/proc"):
-                if entry.isdigit():
-                    with contextlib.suppress(OSError):
-                        if os.readlink(f"/proc/{entry}/ns/mnt") == ours:
-                            pids.add(int(entry))
-    out = subprocess.run(["ip", "netns", "pids", lab.ns], capture_output=True, text=True)
-    pids.update(int(p) for p in out.stdout.split())
-    return pids
-
-
 def _kill_all(lab: BootLab) -> None:
-    """SIGTERM first (rootfs serve records interrupted transfers and exits), then SIGKILL."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in _lab_pids(lab):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + 10
-        while _lab_pids(lab) and time.monotonic() < deadline:
-            for proc in [*lab.spawned, *([lab.holder] if lab.holder else [])]:
-                proc.poll()  # reap our own children so they leave the process table
-            time.sleep(0.1)
-        if not _lab_pids(lab):
-            break
-    for proc in [*lab.spawned, *([lab.holder] if lab.holder else [])]:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
+    kill_lab(lab.holder, [lab.ns], lab.spawned)
 
 
 @contextlib.contextmanager

@@ -216,3 +216,47 @@ domain = "lab.test"
         lines.append("")
     (root / "hostcfg" / "hosts.toml").write_text("\n".join(lines))
     return root
+
+
+def namespace_pids(holder: subprocess.Popen[bytes] | None, namespaces: Sequence[str]) -> set[int]:
+    """Every process of a test lab: those sharing *holder*'s private mount namespace (rpcbind and
+    ganesha.nfsd daemonize away from our children) and those in the network *namespaces*."""
+    pids: set[int] = set()
+    if holder is not None:
+        with contextlib.suppress(OSError):
+            ours = os.readlink(f"/proc/{holder.pid}/ns/mnt")
+            for entry in os.listdir("/proc"):
+                if entry.isdigit():
+                    with contextlib.suppress(OSError):
+                        if os.readlink(f"/proc/{entry}/ns/mnt") == ours:
+                            pids.add(int(entry))
+    for ns in namespaces:
+        out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+        pids.update(int(p) for p in out.stdout.split())
+    return pids
+
+
+def kill_lab(
+    holder: subprocess.Popen[bytes] | None,
+    namespaces: Sequence[str],
+    spawned: Sequence[subprocess.Popen[bytes]],
+) -> None:
+    """Stop every process of a lab: SIGTERM first (servers exit cleanly), then SIGKILL."""
+    ours = [*spawned, *([holder] if holder else [])]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in namespace_pids(holder, namespaces):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + 10
+        while namespace_pids(holder, namespaces) and time.monotonic() < deadline:
+            for proc in ours:
+                proc.poll()  # reap our own children so they leave the process table
+            time.sleep(0.1)
+        if not namespace_pids(holder, namespaces):
+            break
+    for proc in ours:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+
+from netns import kill_lab
 
 SUBNET_PREFIX = "192.168.231."
 SERVER_IP = SUBNET_PREFIX + "1"
@@ -78,43 +79,8 @@ def wait_listening(lab: Lab, port: int, *, what: str, log: str = "") -> None:
         time.sleep(0.1)
 
 
-def _namespace_pids(lab: Lab) -> set[int]:
-    """Every process in our namespaces: the private mount namespace (rpcbind, ganesha and the
-    holder) and the network namespaces (anything `ip netns exec` left behind)."""
-    pids: set[int] = set()
-    if lab.holder is not None:
-        with contextlib.suppress(OSError):
-            ours = os.readlink(f"/proc/{lab.holder.pid}/ns/mnt")
-            for entry in os.listdir("/proc"):
-                if entry.isdigit():
-                    with contextlib.suppress(OSError):
-                        if os.readlink(f"/proc/{entry}/ns/mnt") == ours:
-                            pids.add(int(entry))
-    for ns in [lab.server_ns, *lab.clients.values()]:
-        out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
-        pids.update(int(p) for p in out.stdout.split())
-    return pids
-
-
 def _kill_all(lab: Lab) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = _namespace_pids(lab)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + 10
-        while _namespace_pids(lab) and time.monotonic() < deadline:
-            for proc in [*lab._spawned, *([lab.holder] if lab.holder else [])]:
-                proc.poll()  # reap our own children so they leave the process table
-            time.sleep(0.1)
-        if not _namespace_pids(lab):
-            break
-    for proc in [*lab._spawned, *([lab.holder] if lab.holder else [])]:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
+    kill_lab(lab.holder, [lab.server_ns, *lab.clients.values()], lab._spawned)
 
 
 @contextlib.contextmanager
