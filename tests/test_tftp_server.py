@@ -7,6 +7,7 @@ wrong port.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -16,11 +17,13 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
 from rootfs.site import Site, load_site
+from rootfs.tftp import engine
 from rootfs.tftp.packet import (
     ERR_ACCESS,
     ERR_ILLEGAL_OP,
@@ -73,7 +76,11 @@ class Server:
         path.write_bytes(data)
         return path
 
-    def events(self, event: str | None = None) -> list[dict[str, object]]:
+    async def events(self, event: str | None = None) -> list[dict[str, object]]:
+        """The trace, once every transfer has been reported (the engine reports asynchronously)."""
+        with trio.fail_after(5):
+            while self.service.active_transfers:
+                await trio.sleep(0.01)
         lines = self.trace.path.read_text().splitlines() if self.trace.path.exists() else []
         rows = [json.loads(line) for line in lines]
         return [r for r in rows if event is None or r["event"] == event]
@@ -194,7 +201,7 @@ async def test_curl_downloads_byte_identical(server: Server, tmp_path: Path, blk
     extra = ["--tftp-blksize", blksize] if blksize else []
     await run_client(curl(server.port, "kernels/vmlinuz", out, *extra))
     assert digest(out) == digest(src)
-    (done,) = server.events("transfer-done")
+    (done,) = await server.events("transfer-done")
     assert done["detail"]["size"] == 3_000_001  # type: ignore[index]
     assert done["detail"]["blksize"] == int(blksize or 512)  # type: ignore[index]
 
@@ -209,7 +216,7 @@ async def test_atftp_windowsize_and_blksize(
         atftp(server.port, "initrd.img", out, "blksize 1468", f"windowsize {windowsize}")
     )
     assert digest(out) == digest(src)
-    (done,) = server.events("transfer-done")
+    (done,) = await server.events("transfer-done")
     detail = done["detail"]
     assert isinstance(detail, dict)
     assert (detail["blksize"], detail["windowsize"]) == (1468, int(windowsize))
@@ -220,8 +227,55 @@ async def test_tftp_hpa_client_plain_rfc1350(server: Server, tmp_path: Path) -> 
     out = tmp_path / "out"
     await run_client(tftp_hpa(server.port, "pxelinux.0", out))
     assert digest(out) == digest(src)
-    (done,) = server.events("transfer-done")
+    (done,) = await server.events("transfer-done")
     assert done["detail"]["options"] == {}  # type: ignore[index]  # no OACK for a plain RRQ
+
+
+SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>; Python's socket module lacks the name
+
+
+class CongestedSocket(socket.socket):
+    """A real transfer socket whose every third send meets a full buffer (EAGAIN), as a busy
+    NIC queue makes it; loopback itself never runs out of send buffer."""
+
+    sends = 0
+
+    def sendto(self, data: Any, *args: Any) -> int:
+        CongestedSocket.sends += 1
+        if CongestedSocket.sends % 3 == 0:
+            raise BlockingIOError(errno.EAGAIN, "injected: send buffer full")
+        return super().sendto(data, *args)
+
+
+async def test_a_full_send_buffer_queues_the_window_instead_of_losing_it(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_job = TftpService._job
+
+    def congested_job(self: TftpService, *args: Any) -> engine.Job:
+        job = make_job(self, *args)
+        job.sock = CongestedSocket(fileno=job.sock.detach())
+        return job
+
+    monkeypatch.setattr(TftpService, "_job", congested_job)
+    data = blob(8192 * 40, 9)
+    server.put("big", data)
+    async with RawClient(server.port) as client:
+        client.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)  # we are root
+        options = (("blksize", "8192"), ("windowsize", "16"))
+        await client.send_raw(ReadRequest(b"big", "octet", options).encode())
+        assert isinstance(await client.recv(), OptionAck)
+        got = bytearray()
+        for acked in (0, 16, 32):
+            await client.send(Ack(acked))
+            for block in range(acked + 1, min(acked + 16, 41) + 1):
+                packet = await client.recv(timeout=0.5)  # well inside the 1 s retransmission
+                assert isinstance(packet, Data) and packet.block == block
+                got += packet.payload
+        await client.send(Ack(41))
+    assert bytes(got) == data
+    (done,) = await server.events("transfer-done")
+    assert done["detail"]["retransmits"] == 0  # type: ignore[index]
 
 
 @pytest.mark.slow
@@ -259,7 +313,7 @@ async def test_fifty_concurrent_downloads(server: Server, tmp_path: Path) -> Non
             nursery.start_soon(one, i)
     assert len(results) == 50
     assert all(digest(a) == digest(b) for a, b in results)
-    assert len(server.events("transfer-done")) == 50
+    assert len(await server.events("transfer-done")) == 50
     assert server.service.active_transfers == 0
 
 
@@ -288,7 +342,7 @@ async def test_each_traversal_is_refused_with_error_2(server: Server, tmp_path: 
             await client.send_raw(ReadRequest(name, "octet").encode())
             reply = await client.recv()
             assert isinstance(reply, Error) and reply.code == ERR_ACCESS, (name, reply)
-    refused = server.events("rrq-refused")
+    refused = await server.events("rrq-refused")
     assert len(refused) == len(TRAVERSALS)
     assert all(r["detail"]["error"] == ERR_ACCESS for r in refused)  # type: ignore[index]
 
@@ -326,7 +380,8 @@ async def test_uefi_size_probe_then_real_download(server: Server) -> None:
         got = await client.download(b"shimx64.efi", ("tsize", "0"), ("blksize", "1432"))
     assert got == data
     await trio.sleep(0.1)
-    outcomes = [e["detail"]["outcome"] for e in server.events() if e["event"] != "rrq-refused"]  # type: ignore[index]
+    events = [e for e in await server.events() if e["event"] != "rrq-refused"]
+    outcomes = [e["detail"]["outcome"] for e in events]  # type: ignore[index]
     assert outcomes == ["client-abort", "done"]
 
 
@@ -374,7 +429,7 @@ async def test_silent_client_is_abandoned_after_bounded_retries(
         copies = [await client.recv(timeout=5) for _ in range(4)]  # first + 3 retransmissions
         assert all(p == copies[0] for p in copies)
         await client.expect_nothing(0.5)
-    (failed,) = server.events("transfer-failed")
+    (failed,) = await server.events("transfer-failed")
     assert failed["detail"]["outcome"] == "timed-out"  # type: ignore[index]
     assert server.service.active_transfers == 0
 
@@ -485,7 +540,7 @@ async def test_per_host_pxelinux_by_mac_and_hexip(server: Server, tmp_path: Path
     await run_client(curl(server.port, "pxelinux.cfg/0A00000B", out))  # 10.0.0.11
     assert out.read_text() == text
     assert not (server.boot / "pxelinux.cfg").exists()  # never written to disk
-    (first, _) = server.events("transfer-done")
+    (first, _) = await server.events("transfer-done")
     assert first["host"] == "pc1" and first["mac"] == MAC
     assert first["detail"]["origin"] == "generated pxelinux"  # type: ignore[index]
 

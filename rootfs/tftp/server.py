@@ -1,22 +1,17 @@
-"""The TFTP server: sockets, timers and files around the sans-IO codec and state machine.
+"""The TFTP server: the listening socket, file opening and reporting around the sans-IO core.
 
-This is the only TFTP module that does I/O. The listening socket takes requests; each transfer
-gets its own socket on a fresh port (its TID, RFC 1350 §4) and its own trio task, so one slow or
-vanished client never holds up another. Nothing a peer sends can end the server: undecodable bytes
-are dropped or answered with an ERROR, and a transfer's failure ends only that transfer.
-
-Speed: a lockstep transfer is one round trip per block, so the per-block path avoids trio's
-socket wrappers and does a non-blocking `recvfrom` first, waiting on the socket only when nothing
-is queued. That keeps the cost near one event-loop wake-up per block.
+The listening socket takes requests on the trio thread; each accepted transfer gets its own socket
+on a fresh port (its TID, RFC 1350 §4) and goes to the transfer engine (`engine.py`), one thread
+that drives every transfer in flight, so one slow or vanished client never holds up another.
+Nothing a peer sends can end the server: undecodable bytes are dropped or answered with an ERROR,
+and a transfer's failure ends only that transfer.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import socket
 import struct
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -27,23 +22,22 @@ from rootfs.boot.files import VirtualFile, unregistered_file, virtual_file
 from rootfs.site import Host, Site
 from rootfs.state import State
 from rootfs.tftp.config import boot_dir
+from rootfs.tftp.engine import Job, Peer, TransferEngine
 from rootfs.tftp.packet import (
     ERR_ACCESS,
     ERR_ILLEGAL_OP,
     ERR_NOT_FOUND,
     ERR_UNDEFINED,
-    OPCODE_ACK,
     OPCODE_RRQ,
     OPCODE_WRQ,
     Error,
     MalformedPacket,
-    Packet,
     ReadRequest,
     WriteRequest,
     decode_untrusted,
 )
 from rootfs.tftp.paths import CleanName, OpenFile, Refused, clean_untrusted, open_in_root
-from rootfs.tftp.transfer import ReadTransfer, stray_reply, to_netascii
+from rootfs.tftp.transfer import ReadTransfer, to_netascii
 from rootfs.trace import TraceLog
 
 log = logging.getLogger("rootfs.tftp")
@@ -51,11 +45,7 @@ log = logging.getLogger("rootfs.tftp")
 IP_PKTINFO = 8  # <linux/in.h>: recvmsg reports each datagram's destination address
 _PKTINFO = struct.Struct("=i4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
 RECV_SIZE = 65536  # whole datagrams: a truncated read would hide an oversized request
-TRANSFER_RECV_SIZE = 1024  # a client sends a transfer only ACKs and ERRORs; the rest is junk
 NETASCII_LIMIT = 64 << 20  # netascii is converted in memory; boot files in text mode are small
-YIELD_EVERY = 32  # packets handled back to back before a transfer lets other tasks run
-
-Peer = tuple[str, int]
 
 
 @dataclass
@@ -90,7 +80,8 @@ class TftpService:
         self._trace = trace
         self._port = site.config.tftp.port if port is None else port
         self._address = str(site.config.tftp.address) if address is None else address
-        self._active: dict[Peer, trio.CancelScope] = {}
+        self._active: dict[Peer, Job] = {}
+        self._engine: TransferEngine | None = None
         self.port: int | None = None  # the bound port, once run() has started
 
     def reload(self, site: Site) -> None:
@@ -111,31 +102,42 @@ class TftpService:
             await sock.bind((self._address, self._port))
             self.port = sock.getsockname()[1]
             log.info("tftp listening on %s:%d", self._address, self.port)
-            task_status.started(self.port)
-            async with trio.open_nursery() as nursery:
-                while True:
-                    try:
-                        data, anc, _flags, peer = await sock.recvmsg(
-                            RECV_SIZE, socket.CMSG_SPACE(_PKTINFO.size)
-                        )
-                    except OSError as e:  # ICMP errors surface here on Linux; never fatal
-                        log.debug("tftp listen socket: %s", e)
-                        continue
-                    local = _destination(anc) or self._address
-                    assert isinstance(peer, tuple)  # AF_INET: (host, port)
-                    try:
-                        reply = self._on_request(nursery, data, (peer[0], peer[1]), local)
-                    except Exception:  # a bug handling one request must not stop the server
-                        log.exception("tftp internal error on a request from %s", peer)
-                        continue
-                    if reply is not None:
-                        await _send_error(sock, reply, (peer[0], peer[1]))
+            engine = TransferEngine(trio.lowlevel.current_trio_token().run_sync_soon)
+            engine.start()
+            self._engine = engine
+            try:
+                task_status.started(self.port)
+                await self._listen(sock)
+            finally:
+                self._engine = None
+                for job in engine.stop():  # transfers cut short by the shutdown
+                    job.finished(job)
+
+    async def _listen(self, sock: trio.socket.SocketType) -> None:
+        while True:
+            try:
+                data, anc, _flags, peer = await sock.recvmsg(
+                    RECV_SIZE, socket.CMSG_SPACE(_PKTINFO.size)
+                )
+            except OSError as e:  # ICMP errors surface here on Linux; never fatal
+                log.debug("tftp listen socket: %s", e)
+                continue
+            if self._engine is None or not self._engine.alive:
+                # Transfers would hang unseen; end the server so its supervisor restarts it.
+                raise RuntimeError("the TFTP transfer engine has stopped; see the log above")
+            local = _destination(anc) or self._address
+            assert isinstance(peer, tuple)  # AF_INET: (host, port)
+            try:
+                reply = self._on_request(data, (peer[0], peer[1]), local)
+            except Exception:  # a bug handling one request must not stop the server
+                log.exception("tftp internal error on a request from %s", peer)
+                continue
+            if reply is not None:
+                await _send_error(sock, reply, (peer[0], peer[1]))
 
     # -- requests ---------------------------------------------------------------------------
 
-    def _on_request(
-        self, nursery: trio.Nursery, data: bytes, peer: Peer, local: str
-    ) -> Error | None:
+    def _on_request(self, data: bytes, peer: Peer, local: str) -> Error | None:
         try:
             packet = decode_untrusted(data)
         except MalformedPacket as e:
@@ -149,10 +151,11 @@ class TftpService:
             return Error(ERR_ACCESS, "read-only server")
         if not isinstance(packet, ReadRequest):
             return None
+        assert self._engine is not None  # requests arrive only while run() serves
         if (old := self._active.pop(peer, None)) is not None:
             # Same client port asking again: it did not get our reply, or it restarted (UEFI's
             # size probe). Either way the old transfer is dead; serve the new request.
-            old.cancel()
+            self._engine.cancel(old)
         elif len(self._active) >= self._site.config.tftp.max_transfers:
             self._refused(peer, packet.filename, "too many transfers", ERR_UNDEFINED)
             return Error(ERR_UNDEFINED, "server busy; try again")
@@ -165,9 +168,14 @@ class TftpService:
         except Refused as e:
             self._refused(peer, packet.filename, e.reason, e.code)
             return Error(e.code, e.reason if e.code != ERR_ACCESS else "access violation")
-        scope = trio.CancelScope()
-        self._active[peer] = scope
-        nursery.start_soon(self._transfer, packet, source, peer, local, scope)
+        try:
+            job = self._job(packet, source, peer, local)
+        except OSError as e:  # no socket or port left: this request fails, not the server
+            source.close()
+            self._refused(peer, packet.filename, f"cannot open a transfer socket: {e}", 0)
+            return Error(ERR_UNDEFINED, "server busy; try again")
+        self._active[peer] = job
+        self._engine.submit(job)
         return None
 
     def _open(self, name: CleanName, client: IPv4Address, netascii: bool) -> _Source:
@@ -245,38 +253,32 @@ class TftpService:
 
     # -- one transfer -----------------------------------------------------------------------
 
-    async def _transfer(
-        self, request: ReadRequest, source: _Source, peer: Peer, local: str, scope: trio.CancelScope
-    ) -> None:
-        started = time.monotonic()
+    def _job(self, request: ReadRequest, source: _Source, peer: Peer, local: str) -> Job:
+        """A transfer ready for the engine: its own socket (its TID) and its state machine."""
         machine = ReadTransfer(
             request, size=source.size, read=source.read, limits=self._site.config.tftp.limits
         )
-        outcome = "interrupted"
-        sock: socket.socket | None = None
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            with scope:
-                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                sock.setblocking(False)
-                try:
-                    sock.bind((local, 0))
-                except OSError:  # sent to a subnet broadcast address: answer from ours
-                    sock.bind((self._address, 0))
-                await _pump(sock, machine, peer)
-            outcome = machine.outcome.value if machine.outcome else "superseded"
-        except OSError as e:
-            outcome = f"failed: {e.strerror or e}"
-        except Exception:
-            # A bug must cost one transfer, never the server (and every other client's boot).
-            log.exception("tftp internal error serving %s:%d", *peer)
-            outcome = "internal-error"
-        finally:
-            if sock is not None:
-                sock.close()
-            source.close()
-            if self._active.get(peer) is scope:
-                del self._active[peer]
-            self._finished(request, source, peer, machine, outcome, time.monotonic() - started)
+            sock.setblocking(False)
+            try:
+                sock.bind((local, 0))
+            except OSError:  # sent to a subnet broadcast address: answer from ours
+                sock.bind((self._address, 0))
+        except OSError:
+            sock.close()
+            raise
+
+        def finished(job: Job) -> None:  # on the trio thread, once the engine let go of it
+            try:
+                source.close()
+                if self._active.get(peer) is job:
+                    del self._active[peer]
+                self._finished(request, source, peer, machine, job.outcome, job.duration)
+            except Exception:  # reporting must not take the server down
+                log.exception("tftp internal error reporting a transfer to %s:%d", *peer)
+
+        return Job(sock, machine, peer, finished)
 
     def _finished(
         self,
@@ -324,71 +326,6 @@ class TftpService:
             outcome=outcome,
             error=f"{error.code}: {error.message}" if error else None,
         )
-
-
-async def _pump(sock: socket.socket, machine: ReadTransfer, peer: Peer) -> None:
-    """Drive one transfer: send what the machine says, feed it what the client sends."""
-    deadline = await _send(sock, machine.start(), peer, machine)
-    handled = 0
-    recvfrom = sock.recvfrom
-    while not machine.finished:
-        try:
-            data, source = recvfrom(TRANSFER_RECV_SIZE)
-        except BlockingIOError:
-            if trio.current_time() >= deadline:
-                deadline = await _send(sock, machine.timeout(), peer, machine)
-                continue
-            with trio.move_on_at(deadline):
-                await trio.lowlevel.wait_readable(sock)
-            handled = 0
-            continue
-        except OSError as e:
-            # ICMP port unreachable from an earlier send: the client is gone; let timeouts decide.
-            if e.errno != errno.ECONNREFUSED:
-                raise
-            continue
-        handled += 1
-        if handled >= YIELD_EVERY:  # a flood on our port must not starve the other transfers
-            handled = 0
-            await trio.lowlevel.checkpoint()
-        if source == peer and len(data) >= 4 and data[0] == 0 and data[1] == OPCODE_ACK:
-            out = machine.ack((data[2] << 8) | data[3])  # the per-block path: no packet object
-        else:
-            try:
-                packet = decode_untrusted(data)
-            except MalformedPacket:
-                continue  # junk never advances or resets a transfer
-            if source != peer:
-                if (reply := stray_reply(packet)) is not None:
-                    await _send_raw(sock, reply.encode(), source)
-                continue
-            out = machine.receive(packet)
-        if out:
-            deadline = await _send(sock, out, peer, machine)
-
-
-async def _send(sock: socket.socket, packets: list[Packet], peer: Peer, m: ReadTransfer) -> float:
-    """Send packets in order; return when the machine wants `timeout()` if nothing changes."""
-    sendto = sock.sendto
-    for packet in packets:
-        data = packet.encode()
-        try:
-            sendto(data, peer)
-        except OSError:  # buffer full or a stale ICMP error: the careful path
-            await _send_raw(sock, data, peer)
-    return trio.current_time() + m.wait
-
-
-async def _send_raw(sock: socket.socket, data: bytes, peer: Peer) -> None:
-    while True:
-        try:
-            sock.sendto(data, peer)
-            return
-        except BlockingIOError:
-            await trio.lowlevel.wait_writable(sock)
-        except OSError as e:
-            if e.errno != errno.ECONNREFUSED:  # a stale ICMP error: retry the send
-                raise
 
 
 async def _send_error(sock: trio.socket.SocketType, error: Error, peer: Peer) -> None:
