@@ -87,7 +87,10 @@ class Mount:
         mountpoint.mkdir(exist_ok=True)
 
     def start(self, *options: str, source: Path | None = None) -> Mount:
+        """Mount; read-ahead is off unless *options* ask for it, so fetch counts are exact."""
         assert self.proc is None
+        if "--readahead" not in options:
+            options = (*options, "--readahead", "0")
         args = [sys.executable, "-m", "rootfs", "cache", "mount"]
         args += [str(source or self.site.tree), str(self.mountpoint), "--cache", str(self.cache)]
         with open(self.log, "ab") as log:
@@ -250,8 +253,9 @@ def objects_in(cache: Path) -> list[Path]:
 
 def test_mount_shows_every_entry_exactly_cold_then_warm(tree: Path, mount: Mount) -> None:
     """Names, types, modes, owners, mtimes, targets, devices, xattrs, hardlinks and bytes
-    equal the built tree, from an empty cache and again from a warm one after a remount."""
-    mount.start()
+    equal the built tree, from an empty cache and again from a warm one after a remount.
+    The cold pass reads ahead, so background fetches race the reader's own."""
+    mount.start("--readahead", "4")
     assert_same_tree(tree, mount.mountpoint)
     mount.stop()
     cold = mount.counters()
@@ -515,6 +519,36 @@ def test_kill9_then_remount_reads_correctly(tree: Path, mount: Mount) -> None:
     assert "index rebuilt" in mount.log_text()
     assert os.listdir(mount.cache / "tmp") == []
     assert_same_tree(tree, mount.mountpoint)
+
+
+def test_a_miss_reads_the_rest_of_its_directory_ahead(
+    site: Site, many_files: Path, mount: Mount
+) -> None:
+    tree = site.publish(many_files)
+    mount.start("--readahead", "4")
+    first = (mount.mountpoint / "data" / "f00").read_bytes()
+    assert first == (tree / "data" / "f00").read_bytes()
+    wait_for(lambda: len(objects_in(mount.cache)) == 48, what="the directory to be read ahead")
+    for name in sorted(os.listdir(tree / "data")):  # every later read is a verified hit
+        wanted = (tree / "data" / name).read_bytes()
+        assert (mount.mountpoint / "data" / name).read_bytes() == wanted
+    mount.stop()
+    counters = mount.counters()
+    assert counters["misses"] == 48 and counters["fetched_bytes"] == 48 * (256 << 10)
+    assert counters["hits"] >= 47
+
+
+def test_no_read_ahead_past_the_quota_low_water_mark(
+    site: Site, many_files: Path, mount: Mount
+) -> None:
+    site.publish(many_files)
+    mount.start("--readahead", "4", "--quota", "4M")
+    (mount.mountpoint / "data" / "f00").read_bytes()
+    time.sleep(1.0)  # time for background fetches, had any been queued past the quota
+    mount.stop()
+    stats = mount.stats()
+    assert isinstance(stats["charged"], int) and stats["charged"] <= 4 << 20
+    assert mount.counters()["evictions"] == 0  # read-ahead never evicts to make room
 
 
 def test_prefetch_fetches_the_previous_boot_set(tree: Path, mount: Mount) -> None:

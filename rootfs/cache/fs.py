@@ -23,6 +23,7 @@ import contextlib
 import errno
 import functools
 import logging
+import math
 import os
 import stat
 import time
@@ -47,6 +48,7 @@ R = TypeVar("R")
 LONG_TIMEOUT = 86400.0  # manifest entries change only with a new manifest, which invalidates
 LIVE_TIMEOUT = 1.0  # live paths may change on the server at any time
 SMALL = 128 << 10  # objects up to this size are read whole at open and served from memory
+READAHEAD_MAX = 16 << 20  # larger files are fetched only when opened
 REFRESH_XATTR = b"user.rootfs.refresh"  # getxattr on the mount root: `rootfs cache refresh`
 
 _IFMT = {
@@ -125,6 +127,7 @@ class Options:
     read_only: bool = False
     refresh_interval: float = 60.0
     boot_window: float = 120.0
+    readahead: int = 4  # background fetches of a directory's files after its first miss
 
 
 @dataclass
@@ -167,6 +170,11 @@ class CacheFS(pyfuse3.Operations):
         )
         self.started = time.monotonic()
         self.boot_set: dict[str, None] = {}  # digests opened in the boot window, in order
+        self._readahead_dirs: set[str] = set()
+        self._readahead_bytes = 0  # being fetched by read-ahead right now
+        self._readahead_send, self._readahead_recv = trio.open_memory_channel[tuple[str, str, int]](
+            math.inf
+        )
 
     # ------------------------------------------------------------ attributes
 
@@ -446,6 +454,7 @@ class CacheFS(pyfuse3.Operations):
                     continue
                 await self._guarded(digest, self._verify(digest))
                 continue
+            self._read_ahead(node.path)
             fetched_here = await self._guarded(digest, self._fetch(node.path, digest, size))
             if not fetched_here:
                 return None
@@ -813,6 +822,7 @@ class CacheFS(pyfuse3.Operations):
         self.live = keep
         self.live_trees = {p for p in self.live_trees if p not in tree.manifest}
         self.tree, self.manifest_digest = tree, digest
+        self._readahead_dirs.clear()  # read ahead again under the new manifest
         changed = 0
         for node in list(self.nodes.values()):
             if node.gone:
@@ -866,18 +876,73 @@ class CacheFS(pyfuse3.Operations):
         async def worker() -> None:
             nonlocal fetched
             async for digest, path, size in recv:
-                if self.cache.has(digest) or digest in self._inflight:
-                    continue
-                try:
-                    if await self._guarded(digest, self._fetch(path, digest, size)):
-                        fetched += 1
-                except (OSError, SourceUnavailable, pyfuse3.FUSEError) as exc:
-                    log.info("prefetch of %s failed: %s", path, exc)
+                if await self._fetch_quietly(digest, path, size, "prefetch"):
+                    fetched += 1  # not `fetched += await ...`: that reads `fetched` too early
 
         async with trio.open_nursery() as nursery:
             for _ in range(parallel):
                 nursery.start_soon(worker)
         return fetched
+
+    def _read_ahead(self, path: str) -> None:
+        """On the first miss in a directory, queue its other uncached files for fetching.
+
+        Whatever walks a tree (tar, cp, a booting system) reads a directory's files one after
+        another, each miss costing a round trip to SOURCE; fetching the siblings in parallel in
+        the background turns most of those misses into hits. Large files stay on demand, and
+        nothing is read ahead once the cache would have to evict to make room.
+        """
+        if self.options.readahead <= 0 or not self.source.online:
+            return
+        parent = parent_of(path)
+        if parent in self._readahead_dirs:
+            return
+        self._readahead_dirs.add(parent)
+        for sibling in self.tree.children.get(parent, ()):
+            entry = self.tree.get(sibling)
+            if (
+                entry is None
+                or entry.kind != FILE
+                or not 0 < entry.size <= READAHEAD_MAX
+                or sibling == path
+                or self.cache.has(entry.digest)
+                or entry.digest in self._inflight
+                or self.is_live(sibling)
+                or not self.cache.has_room(entry.size)
+            ):
+                continue
+            self._readahead_send.send_nowait((entry.digest, sibling, entry.size))
+
+    async def run_readahead(self) -> None:
+        """Serve the read-ahead queue with `options.readahead` workers until cancelled."""
+
+        async def worker() -> None:
+            async for digest, path, size in self._readahead_recv:
+                if not self.cache.has_room(self._readahead_bytes + size):
+                    continue  # the cache filled up since this was queued
+                self._readahead_bytes += size
+                try:
+                    await self._fetch_quietly(digest, path, size, "read-ahead")
+                finally:
+                    self._readahead_bytes -= size
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(self.options.readahead):
+                nursery.start_soon(worker)
+
+    async def _fetch_quietly(self, digest: str, path: str, size: int, why: str) -> bool:
+        """A background fetch: skipped when cached, under way or no longer in the manifest;
+        failures are only logged."""
+        entry = self.tree.get(path)
+        if entry is None or entry.digest != digest or self.is_live(path):
+            return False
+        if self.cache.has(digest) or digest in self._inflight:
+            return False
+        try:
+            return await self._guarded(digest, self._fetch(path, digest, size))
+        except (OSError, SourceUnavailable, pyfuse3.FUSEError) as exc:
+            log.info("%s of %s failed: %s", why, path, exc)
+            return False
 
 
 def _invalidate(item: Invalidation) -> None:

@@ -8,6 +8,7 @@ Background tasks, each in the same nursery as ``pyfuse3.main``:
 - flusher: writes counters (and, during the boot window, the boot set) every few seconds,
   so `rootfs cache stats` and ``--prefetch`` work even after a kill -9;
 - signals: SIGTERM/SIGINT unmount cleanly, SIGHUP refreshes at once;
+- read-ahead: fetches a directory's other files in parallel after its first miss;
 - prefetch (with ``--prefetch``): fetches the previous mount's boot set in parallel.
 
 The cache directory is locked (flock) for the mount's life, so two mounts never share it;
@@ -61,6 +62,7 @@ class MountConfig:
     timeout: float = 10.0
     prefetch: bool = False
     prefetch_parallel: int = 4
+    readahead: int = 4
     boot_window: float = 120.0
     allow_other: bool = True
 
@@ -136,6 +138,7 @@ async def _serve(config: MountConfig, cache: ObjectCache) -> None:
         read_only=config.read_only,
         refresh_interval=config.refresh_interval,
         boot_window=config.boot_window,
+        readahead=config.readahead,
     )
     fs = CacheFS(tree, digest, cache, source, options)
     boot_set = _read_boot_set(config.cache_dir) if config.prefetch else []
@@ -156,6 +159,7 @@ async def _serve(config: MountConfig, cache: ObjectCache) -> None:
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(fs.run_invalidations)
+            nursery.start_soon(fs.run_readahead)
             nursery.start_soon(_refresher, fs, config)
             nursery.start_soon(_flusher, fs, config)
             nursery.start_soon(_signals, fs)

@@ -247,6 +247,11 @@ class ObjectCache:
             self.used -= charged
         self.verified.discard(digest)
 
+    def has_room(self, incoming: int) -> bool:
+        """Whether *incoming* more bytes keep usage under the low water mark: the room for
+        speculative fetches, which must never be the reason something is evicted."""
+        return self.quota is None or self.used + charge(incoming) <= self.quota * LOW_WATER
+
     def over_quota(self, incoming: int = 0) -> bool:
         extra = charge(incoming) if incoming else 0
         return self.quota is not None and self.used + extra > self.quota

@@ -78,6 +78,14 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
     show_default=True,
     help="Seconds after mounting whose reads make up the boot set for --prefetch.",
 )
+@click.option(
+    "--readahead",
+    type=click.IntRange(min=0, max=64),
+    default=4,
+    show_default=True,
+    help="Parallel background fetches of a directory's other files after its first miss "
+    "(0: fetch only what is opened).",
+)
 @click.option("--debug", is_flag=True, help="Log every fetch and invalidation.")
 def mount(
     source: Path,
@@ -89,6 +97,7 @@ def mount(
     timeout: float,
     prefetch: bool,
     boot_window: float,
+    readahead: int,
     debug: bool,
 ) -> None:
     """Mount SOURCE (a host tree with .rootfs/manifest) at MOUNTPOINT; runs until unmounted.
@@ -115,6 +124,7 @@ def mount(
             timeout=timeout,
             prefetch=prefetch,
             boot_window=boot_window,
+            readahead=readahead,
             allow_other=os.geteuid() == 0,
         )
     )
