@@ -17,14 +17,11 @@ the kernel drops the lock when a killed mount's process dies.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +29,7 @@ import pyfuse3
 import trio
 
 from rootfs.cache.fs import CacheFS, Options
-from rootfs.cache.objects import ObjectCache
+from rootfs.cache.objects import ObjectCache, locked
 from rootfs.cache.source import Source, SourceUnavailable
 from rootfs.cache.tree import Tree
 from rootfs.durable import atomic_write_bytes
@@ -67,28 +64,11 @@ class MountConfig:
     allow_other: bool = True
 
 
-@contextlib.contextmanager
-def locked(cache_dir: Path) -> Iterator[None]:
-    """Hold the cache directory's lock; a second mount of the same cache is a user error."""
-    cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(cache_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(
-                f"cache directory {cache_dir} is used by another running mount; unmount it first"
-            ) from None
-        yield
-    finally:
-        os.close(fd)
-
-
 def mount(config: MountConfig) -> None:
     """Mount SOURCE's manifest tree at the mountpoint and serve it until unmounted."""
     if not config.mountpoint.is_dir():
         raise UserError(f"mountpoint {config.mountpoint} is not a directory")
-    with locked(config.cache_dir):
+    with locked(config.cache_dir):  # objects.locked: one mount per cache directory
         os.umask(0)  # modes from the kernel are already masked by the caller's umask
         cache = ObjectCache(config.cache_dir, quota=config.quota)
         cache.open()

@@ -26,19 +26,20 @@ to what it costs on disk, so a cache of many small files does not overrun the di
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import mmap
 import os
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import xxhash
 
 from rootfs.durable import atomic_write_bytes
+from rootfs.errors import UserError
 
 INDEX_HEADER = "rootfs-cache-index 1"
 BLOCK = 4096
@@ -52,19 +53,28 @@ def charge(size: int) -> int:
     return max(BLOCK, -(-size // BLOCK) * BLOCK)
 
 
-def hash_file(path: str | os.PathLike[str]) -> str:
+def hash_file(path: str | bytes | os.PathLike[str]) -> str:
     """xxh3-128 hex digest of a file's bytes.
 
-    Large files are hashed through a read-only mapping: no copy into user space, which
-    here makes hashing a page-cached GiB take 0.12 s instead of 0.38 s with read().
+    Small files are read in one call and hashed in one shot. Large files are hashed through a
+    read-only mapping: no copy into user space, which here makes hashing a page-cached GiB take
+    0.12 s instead of 0.38 s with read().
     """
-    hasher = xxhash.xxh3_128()
-    with open(path, "rb", buffering=0) as f:
-        size = os.fstat(f.fileno()).st_size
+    return hash_and_size(path)[0]
+
+
+def hash_and_size(path: str | bytes | os.PathLike[str]) -> tuple[str, int]:
+    """The digest of a file and its size, from one open (what verifying thousands needs)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
         if size < MAP_THRESHOLD:
-            hasher.update(f.read())
-            return str(hasher.hexdigest())
-        with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mapped:
+            data = os.read(fd, size + 1)  # +1: a file grown since fstat still hashes whole
+            while len(data) > size and (more := os.read(fd, 1 << 20)):
+                data += more
+            return xxhash.xxh3_128_hexdigest(data), len(data)
+        hasher = xxhash.xxh3_128()
+        with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as mapped:
             mapped.madvise(mmap.MADV_SEQUENTIAL)
             view = memoryview(mapped)
             try:
@@ -72,7 +82,9 @@ def hash_file(path: str | os.PathLike[str]) -> str:
                     hasher.update(view[offset : offset + MAP_CHUNK])
             finally:
                 view.release()
-    return str(hasher.hexdigest())
+            return str(hasher.hexdigest()), len(mapped)
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -299,11 +311,11 @@ def iter_objects(objects: Path) -> Iterator[str]:
                     yield prefix + rest
 
 
-def verify_cache(root: Path, *, threads: int = 4) -> VerifyReport:
+def verify_cache(root: Path) -> VerifyReport:
     """Re-hash every object of an unmounted cache, remove the bad ones and stale temp files.
 
-    Hashing runs in a few threads: xxhash releases the GIL on large buffers, so reading
-    and hashing overlap across objects. The index is marked unclean when anything was
+    One thread, one open per object: most objects are small, and handing each to a thread
+    pool cost three times the hashing itself. The index is marked unclean when anything was
     removed, so the next mount rebuilds it from the directory.
     """
     objects = root / "objects"
@@ -315,25 +327,22 @@ def verify_cache(root: Path, *, threads: int = 4) -> VerifyReport:
                 os.unlink(tmp / name)
                 temp_removed += 1
     digests = list(iter_objects(objects))
-
-    def check(digest: str) -> tuple[str, int, bool]:
-        path = objects / digest[:2] / digest[2:]
-        try:
-            size = os.stat(path).st_size
-            good = hash_file(path) == digest
-        except OSError:
-            return digest, 0, False
-        return digest, size, good
-
+    prefix = os.fsencode(objects) + b"/"
     bad = []
     total = 0
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        for digest, size, good in pool.map(check, digests):
-            total += size
-            if not good:
-                bad.append(digest)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(objects / digest[:2] / digest[2:])
+    for digest in digests:
+        path = prefix + f"{digest[:2]}/{digest[2:]}".encode()
+        try:
+            actual, size = hash_and_size(path)
+        except FileNotFoundError:
+            continue  # removed meanwhile: nothing to serve, nothing to check
+        except OSError:
+            actual, size = "", 0  # unreadable: as good as corrupt
+        total += size
+        if actual != digest:
+            bad.append(digest)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
     if bad:
         with contextlib.suppress(FileNotFoundError):
             (root / "index.clean").unlink()
@@ -364,3 +373,20 @@ def parse_size(text: str) -> int:
     if size <= 0:
         raise ValueError(f"{text!r}: a size must be positive")
     return size
+
+
+@contextlib.contextmanager
+def locked(cache_dir: Path) -> Iterator[None]:
+    """Hold the cache directory's lock; a second mount of the same cache is a user error."""
+    cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(cache_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"cache directory {cache_dir} is used by another running mount; unmount it first"
+            ) from None
+        yield
+    finally:
+        os.close(fd)

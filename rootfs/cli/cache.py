@@ -154,8 +154,7 @@ def verify(cache_dir: Path) -> None:
 
     Exit status 1 when bad objects were found (they are removed; a mount fetches them again).
     """
-    from rootfs.cache.mount import locked
-    from rootfs.cache.objects import verify_cache
+    from rootfs.cache.objects import locked, verify_cache
 
     started = time.monotonic()
     with locked(cache_dir):
