@@ -3,8 +3,8 @@
 What the kernel sees is the manifest: names, types, modes, owners, sizes, mtimes, symlink
 targets, device numbers, xattrs and hardlinks, all answered from memory with long
 entry/attr timeouts. File contents come from the object cache (hit: an inline ``pread``,
-or bytes read at open for small files) or are fetched from SOURCE in a worker thread,
-hashed while copied, and admitted only when the hash matches the manifest.
+or bytes read at open for small files); getting them there — fetching, verifying, reading
+ahead — is `fetch.py`'s job, and the blocking calls on SOURCE live in `sourceops.py`.
 
 Writes go through to SOURCE. A path written through this mount becomes *live*: until a
 new manifest lists it, its metadata and contents are read from SOURCE (short timeouts,
@@ -19,24 +19,22 @@ by a channel, never from inside a handler.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import logging
-import math
 import os
 import stat
-import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
-import xxhash
 
-from rootfs.cache.objects import ObjectCache, hash_file
-from rootfs.cache.source import Source, SourceUnavailable, fetch_into
+from rootfs.cache import sourceops
+from rootfs.cache.fetch import Fetcher, Opened
+from rootfs.cache.objects import ObjectCache
+from rootfs.cache.source import Source, SourceUnavailable
 from rootfs.cache.tree import ROOT_INO, Tree, child_path, fs_name, ino_for
 from rootfs.manifest import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Entry, parent_of
 
@@ -47,8 +45,6 @@ R = TypeVar("R")
 
 LONG_TIMEOUT = 86400.0  # manifest entries change only with a new manifest, which invalidates
 LIVE_TIMEOUT = 1.0  # live paths may change on the server at any time
-SMALL = 128 << 10  # objects up to this size are read whole at open and served from memory
-READAHEAD_MAX = 16 << 20  # larger files are fetched only when opened
 REFRESH_XATTR = b"user.rootfs.refresh"  # getxattr on the mount root: `rootfs cache refresh`
 
 _IFMT = {
@@ -103,13 +99,15 @@ class Node:
 
 @dataclass
 class Handle:
-    """An open file: a cached object (fd or bytes) or a SOURCE file (fd, used in threads)."""
+    """An open file: a cached object, or a SOURCE file (its fd, used in threads)."""
 
     node: Node
-    fd: int = -1
-    data: bytes | None = None
-    digest: str = ""
-    source: bool = False
+    opened: Opened | None = None  # the cached object (bytes or fd)
+    fd: int = -1  # the SOURCE file, when not cached
+
+    @property
+    def source(self) -> bool:
+        return self.opened is None
 
 
 @dataclass
@@ -162,18 +160,19 @@ class CacheFS(pyfuse3.Operations):
         self._handles: dict[int, Handle] = {}
         self._listings: dict[int, Listing] = {}
         self._next_fh = 1
-        self._inflight: dict[str, trio.Event] = {}
         self._diverged_logged: set[str] = set()
         self._refresh_lock = trio.Lock()
         self._inval_send, self._inval_recv = trio.open_memory_channel[Invalidation | trio.Event](
             1000
         )
-        self.started = time.monotonic()
-        self.boot_set: dict[str, None] = {}  # digests opened in the boot window, in order
-        self._readahead_dirs: set[str] = set()
-        self._readahead_bytes = 0  # being fetched by read-ahead right now
-        self._readahead_send, self._readahead_recv = trio.open_memory_channel[tuple[str, str, int]](
-            math.inf
+        self.fetcher = Fetcher(
+            tree,
+            cache,
+            source,
+            is_live=self.is_live,
+            on_diverged=self._diverged,
+            readahead=options.readahead,
+            boot_window=options.boot_window,
         )
 
     # ------------------------------------------------------------ attributes
@@ -281,11 +280,7 @@ class CacheFS(pyfuse3.Operations):
 
     async def _src(self, fn: Callable[..., R], *args: object) -> R:
         """Call into SOURCE in a thread; errors meaning "source gone" become SourceUnavailable."""
-        try:
-            return await self.source.call(fn, *args)
-        except OSError as exc:
-            await self.source.check_error(exc)
-            raise
+        return await self.source.call_checked(fn, *args)
 
     # ------------------------------------------------------------ lookups and attributes
 
@@ -333,14 +328,14 @@ class CacheFS(pyfuse3.Operations):
                 if key == text:
                     return value
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-        return await self._src(_getxattr, self.source.path(node.path), name)
+        return await self._src(sourceops.getxattr, self.source.path(node.path), name)
 
     @handler
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
         node = self._node(inode)
         if node.entry is not None and not self.is_live(node.path):
             return [k.encode("utf-8", "surrogateescape") for k, _ in node.entry.xattrs]
-        names = await self._src(_listxattr, self.source.path(node.path))
+        names = await self._src(sourceops.listxattr, self.source.path(node.path))
         return [os.fsencode(n) for n in names]
 
     @handler
@@ -367,7 +362,7 @@ class CacheFS(pyfuse3.Operations):
                 attr = self._entry_attrs(ino, entry, self.tree.links(path))
                 names.append((fs_name(path), path, entry, attr))
         else:
-            listing = await self._src(_list_dir, self.source.path(node.path))
+            listing = await self._src(sourceops.list_dir, self.source.path(node.path))
             for name, st in listing:
                 path = child_path(node.path, name)
                 if self._resolves_live(path) or path not in self.tree.manifest:
@@ -414,11 +409,11 @@ class CacheFS(pyfuse3.Operations):
         entry = node.entry
         if not writing and entry is not None and entry.kind == FILE and not self.is_live(node.path):
             if entry.size == 0:
-                self._handles[fh] = Handle(node, data=b"")
+                self._handles[fh] = Handle(node, opened=Opened("", data=b""))
                 return pyfuse3.FileInfo(fh=fh, keep_cache=True)
-            handle = await self._open_cached(node, entry)
-            if handle is not None:
-                self._handles[fh] = handle
+            opened = await self.fetcher.open_cached(node.path, entry)
+            if opened is not None:
+                self._handles[fh] = Handle(node, opened=opened)
                 keep = node.page_digest == entry.digest
                 node.page_digest = entry.digest
                 return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
@@ -426,144 +421,8 @@ class CacheFS(pyfuse3.Operations):
         node.page_digest = ""
         open_flags = (flags & ~(os.O_CREAT | os.O_EXCL)) | os.O_CLOEXEC
         fd = await self._src(os.open, self.source.path(node.path), open_flags)
-        self._handles[fh] = Handle(node, fd=fd, source=True)
+        self._handles[fh] = Handle(node, fd=fd)
         return pyfuse3.FileInfo(fh=fh, direct_io=True)
-
-    async def _open_cached(self, node: Node, entry: Entry) -> Handle | None:
-        """A handle on the verified cached object of *entry*, fetching it if needed.
-
-        None when SOURCE must serve the file instead (its bytes differ from the manifest,
-        or the object cannot be cached). One task at a time works on a given digest; the
-        others wait for it and then find the object cached.
-        """
-        digest, size = entry.digest, entry.size
-        fetched_here = False
-        while True:
-            event = self._inflight.get(digest)
-            if event is not None:
-                await event.wait()
-                continue
-            if self.cache.has(digest):
-                if digest in self.cache.verified or size <= SMALL:
-                    handle = self._open_object(node, digest, size)
-                    if handle is not None:
-                        if not fetched_here:
-                            self.cache.counters.hits += 1
-                        self._note_boot(digest)
-                        return handle
-                    continue
-                await self._guarded(digest, self._verify(digest))
-                continue
-            self._read_ahead(node.path)
-            fetched_here = await self._guarded(digest, self._fetch(node.path, digest, size))
-            if not fetched_here:
-                return None
-
-    async def _guarded(self, digest: str, work: Awaitable[R]) -> R:
-        event = self._inflight[digest] = trio.Event()
-        try:
-            return await work
-        finally:
-            del self._inflight[digest]
-            event.set()
-
-    def _open_object(self, node: Node, digest: str, size: int) -> Handle | None:
-        """Open a cached object inline (a local file: cheap); None if it was bad or gone."""
-        path = self.cache.object_path(digest)
-        try:
-            if size <= SMALL:
-                with open(path, "rb", buffering=0) as f:
-                    data = f.read()
-                if digest not in self.cache.verified:
-                    if xxhash.xxh3_128_hexdigest(data) != digest:
-                        self._drop_bad(digest)
-                        return None
-                    self.cache.verified.add(digest)
-                self.cache.touch(digest)
-                return Handle(node, data=data, digest=digest)
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            self.cache.discard(digest)
-            return None
-        self.cache.touch(digest)
-        self.cache.pin(digest)
-        return Handle(node, fd=fd, digest=digest)
-
-    async def _verify(self, digest: str) -> None:
-        good = False
-        try:
-            good = (
-                await trio.to_thread.run_sync(hash_file, self.cache.object_path(digest)) == digest
-            )
-        except FileNotFoundError:
-            self.cache.discard(digest)
-            return
-        if good:
-            self.cache.verified.add(digest)
-        else:
-            self._drop_bad(digest)
-
-    def _drop_bad(self, digest: str) -> None:
-        log.warning("cached object %s does not match its name; removed, fetching again", digest)
-        self.cache.counters.bad_objects += 1
-        self.cache.discard(digest)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.cache.object_path(digest))
-
-    def _evict(self, incoming: int, target: float | None = None) -> None:
-        # Inline on purpose: an object chosen for eviction is out of the index at once, and
-        # unlinking it here means a fetch admitting the same digest again cannot race a
-        # late unlink. Eviction runs rarely and brings usage well under the quota.
-        victims = self.cache.choose_victims(incoming, target=target)
-        self.cache.unlink_objects(victims)
-        if victims:
-            log.info("evicted %d objects; %d bytes cached", len(victims), self.cache.used)
-
-    async def _fetch(self, path: str, digest: str, size: int) -> bool:
-        """Copy *path* from SOURCE into the cache; True once admitted under *digest*."""
-        if not self.cache.fits(size):
-            return False
-        if not self.source.online:
-            raise SourceUnavailable(f"{path}: source offline")
-        if self.cache.over_quota(size):
-            self._evict(size)
-        for attempt in range(2):
-            tmp = self.cache.new_tmp()
-            try:
-                fetched = await self._src(fetch_into, self.source.path(path), tmp)
-            except OSError as exc:
-                _unlink_quietly(tmp)
-                if exc.errno == errno.ENOSPC and attempt == 0:
-                    self._evict(size, target=self.cache.used * 0.7)
-                    continue
-                if exc.errno == errno.ENOSPC:
-                    return False
-                if exc.errno in (errno.ENOENT, errno.ELOOP, errno.EISDIR, errno.ENOTDIR):
-                    self._diverged(path, "is no longer a file on the source")
-                    return False
-                raise
-            except BaseException:
-                _unlink_quietly(tmp)
-                raise
-            if fetched.digest != digest:
-                _unlink_quietly(tmp)
-                self._diverged(path, "differs on the source from the manifest")
-                return False
-            final = self.cache.object_path(digest)
-            try:
-                os.rename(tmp, final)
-            except FileNotFoundError:
-                os.makedirs(os.path.dirname(final), mode=0o700, exist_ok=True)
-                os.rename(tmp, final)
-            self.cache.admitted(digest, fetched.size)
-            if self.cache.over_quota():  # concurrent fetches all passed the check above
-                self.cache.pin(digest)  # never the object just admitted
-                self._evict(0)
-                self.cache.unpin(digest)
-            self.cache.counters.misses += 1
-            self.cache.counters.fetched_bytes += fetched.size
-            return True
-        return False
 
     def _diverged(self, path: str, why: str) -> None:
         """SOURCE holds something else than the manifest says: serve SOURCE as it is."""
@@ -577,28 +436,22 @@ class CacheFS(pyfuse3.Operations):
             if ino is not None:
                 self._queue(Invalidation(ino=ino))
 
-    def _note_boot(self, digest: str) -> None:
-        if time.monotonic() - self.started < self.options.boot_window:
-            self.boot_set[digest] = None
-
     @handler
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self._handles[fh]
-        if handle.data is not None:
-            return handle.data[off : off + size]
-        if not handle.source:
-            return os.pread(handle.fd, size, off)
+        if (opened := handle.opened) is not None:
+            if opened.data is not None:
+                return opened.data[off : off + size]
+            return os.pread(opened.fd, size, off)
         return await self._src(os.pread, handle.fd, size, off)
 
     @handler
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh)
-        if handle.fd >= 0:
-            if handle.source:
-                await self._src(os.close, handle.fd)
-            else:
-                os.close(handle.fd)
-                self.cache.unpin(handle.digest)
+        if handle.opened is not None:
+            self.fetcher.close(handle.opened)
+        elif handle.fd >= 0:
+            await self._src(os.close, handle.fd)
 
     # No flush handler: the base class answers ENOSYS once and the kernel stops sending
     # FLUSH on every close(2), one request per file less. Writes go straight to SOURCE.
@@ -653,7 +506,9 @@ class CacheFS(pyfuse3.Operations):
         self._make_live(node.path)
         handle = self._handles.get(fh) if fh is not None else None
         target: str | int = handle.fd if handle is not None and handle.source else ""
-        await self._src(_apply_setattr, target or self.source.path(node.path), attr, fields)
+        await self._src(
+            sourceops.apply_setattr, target or self.source.path(node.path), attr, fields
+        )
         return await self._attrs_of(node)
 
     @handler
@@ -664,7 +519,7 @@ class CacheFS(pyfuse3.Operations):
         parent, path = self._child(parent_inode, name)
         self._make_live(path, parent.path)
         fd = await self._src(
-            _create,
+            sourceops.create,
             self.source.path(path),
             flags | os.O_CREAT | os.O_CLOEXEC,
             mode,
@@ -673,7 +528,7 @@ class CacheFS(pyfuse3.Operations):
         )
         attr = await self._created(path)
         fh = self._new_fh()
-        self._handles[fh] = Handle(self.nodes[attr.st_ino], fd=fd, source=True)
+        self._handles[fh] = Handle(self.nodes[attr.st_ino], fd=fd)
         return pyfuse3.FileInfo(fh=fh, direct_io=True), attr
 
     @handler
@@ -683,7 +538,7 @@ class CacheFS(pyfuse3.Operations):
         self._check_writable()
         parent, path = self._child(parent_inode, name)
         self._make_live(path, parent.path)
-        await self._src(_make, "dir", self.source.path(path), mode, 0, ctx.uid, ctx.gid)
+        await self._src(sourceops.make, "dir", self.source.path(path), mode, 0, ctx.uid, ctx.gid)
         return await self._created(path)
 
     @handler
@@ -693,7 +548,9 @@ class CacheFS(pyfuse3.Operations):
         self._check_writable()
         parent, path = self._child(parent_inode, name)
         self._make_live(path, parent.path)
-        await self._src(_make, "node", self.source.path(path), mode, rdev, ctx.uid, ctx.gid)
+        await self._src(
+            sourceops.make, "node", self.source.path(path), mode, rdev, ctx.uid, ctx.gid
+        )
         return await self._created(path)
 
     @handler
@@ -703,7 +560,7 @@ class CacheFS(pyfuse3.Operations):
         self._check_writable()
         parent, path = self._child(parent_inode, name)
         self._make_live(path, parent.path)
-        await self._src(_make_symlink, self.source.path(path), target, ctx.uid, ctx.gid)
+        await self._src(sourceops.make_symlink, self.source.path(path), target, ctx.uid, ctx.gid)
         return await self._created(path)
 
     @handler
@@ -714,7 +571,7 @@ class CacheFS(pyfuse3.Operations):
         node = self._node(inode)
         parent, path = self._child(new_parent_inode, new_name)
         self._make_live(node.path, path, parent.path)
-        await self._src(_link, self.source.path(node.path), self.source.path(path))
+        await self._src(sourceops.link, self.source.path(node.path), self.source.path(path))
         attr = await self._attrs_of(node)
         node.lookups += 1
         return attr
@@ -754,7 +611,7 @@ class CacheFS(pyfuse3.Operations):
         self._make_live(old, new, old_parent.path, new_parent.path)
         self.live_trees.update((old, new))
         await self._src(
-            _rename,
+            sourceops.rename,
             self.source.path(old),
             self.source.path(new),
             bool(flags & pyfuse3.RENAME_NOREPLACE),
@@ -774,14 +631,14 @@ class CacheFS(pyfuse3.Operations):
         self._check_writable()
         node = self._node(inode)
         self._make_live(node.path)
-        await self._src(_setxattr, self.source.path(node.path), name, value)
+        await self._src(sourceops.setxattr, self.source.path(node.path), name, value)
 
     @handler
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._check_writable()
         node = self._node(inode)
         self._make_live(node.path)
-        await self._src(_removexattr, self.source.path(node.path), name)
+        await self._src(sourceops.removexattr, self.source.path(node.path), name)
 
     # ------------------------------------------------------------ new manifests
 
@@ -822,7 +679,7 @@ class CacheFS(pyfuse3.Operations):
         self.live = keep
         self.live_trees = {p for p in self.live_trees if p not in tree.manifest}
         self.tree, self.manifest_digest = tree, digest
-        self._readahead_dirs.clear()  # read ahead again under the new manifest
+        self.fetcher.use_tree(tree)
         changed = 0
         for node in list(self.nodes.values()):
             if node.gone:
@@ -861,89 +718,6 @@ class CacheFS(pyfuse3.Operations):
                 continue
             await trio.to_thread.run_sync(_invalidate, item)
 
-    # ------------------------------------------------------------ prefetch
-
-    async def prefetch(self, digests: list[str], *, parallel: int = 4) -> int:
-        """Fetch the given objects into the cache, *parallel* at a time; returns how many."""
-        wanted = self.tree.file_paths()
-        jobs = [(d, *wanted[d]) for d in digests if d in wanted and not self.cache.has(d)]
-        send, recv = trio.open_memory_channel[tuple[str, str, int]](len(jobs) or 1)
-        for job in jobs:
-            send.send_nowait(job)
-        send.close()
-        fetched = 0
-
-        async def worker() -> None:
-            nonlocal fetched
-            async for digest, path, size in recv:
-                if await self._fetch_quietly(digest, path, size, "prefetch"):
-                    fetched += 1  # not `fetched += await ...`: that reads `fetched` too early
-
-        async with trio.open_nursery() as nursery:
-            for _ in range(parallel):
-                nursery.start_soon(worker)
-        return fetched
-
-    def _read_ahead(self, path: str) -> None:
-        """On the first miss in a directory, queue its other uncached files for fetching.
-
-        Whatever walks a tree (tar, cp, a booting system) reads a directory's files one after
-        another, each miss costing a round trip to SOURCE; fetching the siblings in parallel in
-        the background turns most of those misses into hits. Large files stay on demand, and
-        nothing is read ahead once the cache would have to evict to make room.
-        """
-        if self.options.readahead <= 0 or not self.source.online:
-            return
-        parent = parent_of(path)
-        if parent in self._readahead_dirs:
-            return
-        self._readahead_dirs.add(parent)
-        for sibling in self.tree.children.get(parent, ()):
-            entry = self.tree.get(sibling)
-            if (
-                entry is None
-                or entry.kind != FILE
-                or not 0 < entry.size <= READAHEAD_MAX
-                or sibling == path
-                or self.cache.has(entry.digest)
-                or entry.digest in self._inflight
-                or self.is_live(sibling)
-                or not self.cache.has_room(entry.size)
-            ):
-                continue
-            self._readahead_send.send_nowait((entry.digest, sibling, entry.size))
-
-    async def run_readahead(self) -> None:
-        """Serve the read-ahead queue with `options.readahead` workers until cancelled."""
-
-        async def worker() -> None:
-            async for digest, path, size in self._readahead_recv:
-                if not self.cache.has_room(self._readahead_bytes + size):
-                    continue  # the cache filled up since this was queued
-                self._readahead_bytes += size
-                try:
-                    await self._fetch_quietly(digest, path, size, "read-ahead")
-                finally:
-                    self._readahead_bytes -= size
-
-        async with trio.open_nursery() as nursery:
-            for _ in range(self.options.readahead):
-                nursery.start_soon(worker)
-
-    async def _fetch_quietly(self, digest: str, path: str, size: int, why: str) -> bool:
-        """A background fetch: skipped when cached, under way or no longer in the manifest;
-        failures are only logged."""
-        entry = self.tree.get(path)
-        if entry is None or entry.digest != digest or self.is_live(path):
-            return False
-        if self.cache.has(digest) or digest in self._inflight:
-            return False
-        try:
-            return await self._guarded(digest, self._fetch(path, digest, size))
-        except (OSError, SourceUnavailable, pyfuse3.FUSEError) as exc:
-            log.info("%s of %s failed: %s", why, path, exc)
-            return False
-
 
 def _invalidate(item: Invalidation) -> None:
     try:
@@ -961,95 +735,3 @@ def _save_manifest(root: os.PathLike[str] | str, data: bytes) -> None:
     from rootfs.durable import atomic_write_bytes
 
     atomic_write_bytes(Path(root) / "manifest", data, mode=0o600)
-
-
-def _unlink_quietly(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def _getxattr(path: str, name: bytes) -> bytes:
-    try:
-        return os.getxattr(path, name, follow_symlinks=False)
-    except OSError as exc:
-        if exc.errno == errno.ENODATA:
-            raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
-        raise
-
-
-def _listxattr(path: str) -> list[str]:
-    return os.listxattr(path, follow_symlinks=False)
-
-
-def _link(src: str, dst: str) -> None:
-    os.link(src, dst, follow_symlinks=False)
-
-
-def _setxattr(path: str, name: bytes, value: bytes) -> None:
-    os.setxattr(path, name, value, 0, follow_symlinks=False)
-
-
-def _removexattr(path: str, name: bytes) -> None:
-    os.removexattr(path, name, follow_symlinks=False)
-
-
-def _list_dir(path: str) -> list[tuple[bytes, os.stat_result]]:
-    result = []
-    with os.scandir(os.fsencode(path)) as it:
-        for item in it:
-            try:
-                result.append((item.name, item.stat(follow_symlinks=False)))
-            except FileNotFoundError:
-                continue
-    result.sort()
-    return result
-
-
-def _apply_setattr(
-    target: str | int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields
-) -> None:
-    is_fd = isinstance(target, int)
-    follow: dict[str, Any] = {} if is_fd else {"follow_symlinks": False}
-    if fields.update_uid or fields.update_gid:
-        os.chown(
-            target,
-            attr.st_uid if fields.update_uid else -1,
-            attr.st_gid if fields.update_gid else -1,
-            **follow,
-        )
-    if fields.update_mode:
-        st = os.stat(target) if isinstance(target, int) else os.lstat(target)
-        if not stat.S_ISLNK(st.st_mode):
-            os.chmod(target, stat.S_IMODE(attr.st_mode))
-    if fields.update_size:
-        os.truncate(target, attr.st_size)
-    if fields.update_atime or fields.update_mtime:
-        st = os.stat(target) if isinstance(target, int) else os.lstat(target)
-        atime = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
-        mtime = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
-        os.utime(target, ns=(atime, mtime), **follow)
-
-
-def _create(path: str, flags: int, mode: int, uid: int, gid: int) -> int:
-    fd = os.open(path, flags, stat.S_IMODE(mode))
-    os.fchown(fd, uid, gid)
-    return fd
-
-
-def _make(what: str, path: str, mode: int, rdev: int, uid: int, gid: int) -> None:
-    if what == "dir":
-        os.mkdir(path, stat.S_IMODE(mode))
-    else:
-        os.mknod(path, mode, rdev)
-    os.chown(path, uid, gid, follow_symlinks=False)
-
-
-def _make_symlink(path: str, target: bytes, uid: int, gid: int) -> None:
-    os.symlink(target, os.fsencode(path))
-    os.chown(path, uid, gid, follow_symlinks=False)
-
-
-def _rename(old: str, new: str, noreplace: bool) -> None:
-    if noreplace and os.path.lexists(new):
-        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), new)
-    os.rename(old, new)

@@ -139,7 +139,7 @@ async def _serve(config: MountConfig, cache: ObjectCache) -> None:
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(fs.run_invalidations)
-            nursery.start_soon(fs.run_readahead)
+            nursery.start_soon(fs.fetcher.run_readahead)
             nursery.start_soon(_refresher, fs, config)
             nursery.start_soon(_flusher, fs, config)
             nursery.start_soon(_signals, fs)
@@ -203,7 +203,7 @@ async def _flusher(fs: CacheFS, config: MountConfig) -> None:
         await trio.sleep(FLUSH_INTERVAL)
         try:
             await trio.to_thread.run_sync(fs.cache.save_stats)
-            if not boot_saved and fs.boot_set:
+            if not boot_saved and fs.fetcher.boot_set:
                 await trio.to_thread.run_sync(_write_boot_set, config.cache_dir, fs)
                 boot_saved = _boot_window_over(fs)
         except OSError as exc:  # a full cache disk must not take the mount down
@@ -211,7 +211,7 @@ async def _flusher(fs: CacheFS, config: MountConfig) -> None:
 
 
 def _boot_window_over(fs: CacheFS) -> bool:
-    return time.monotonic() - fs.started >= fs.options.boot_window
+    return time.monotonic() - fs.fetcher.started >= fs.options.boot_window
 
 
 async def _signals(fs: CacheFS) -> None:
@@ -228,7 +228,7 @@ async def _signals(fs: CacheFS) -> None:
 
 
 async def _prefetch(fs: CacheFS, digests: list[str], parallel: int) -> None:
-    fetched = await fs.prefetch(digests, parallel=parallel)
+    fetched = await fs.fetcher.prefetch(digests, parallel=parallel)
     log.info("prefetched %d of %d boot-set objects", fetched, len(digests))
 
 
@@ -241,6 +241,6 @@ def _read_boot_set(cache_dir: Path) -> list[str]:
 
 
 def _write_boot_set(cache_dir: Path, fs: CacheFS) -> None:
-    digests = list(fs.boot_set)
+    digests = list(fs.fetcher.boot_set)
     if digests:
         atomic_write_bytes(cache_dir / "bootset", ("\n".join(digests) + "\n").encode(), mode=0o600)

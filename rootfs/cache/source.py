@@ -11,6 +11,7 @@ readable once more.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -66,6 +67,14 @@ class Source:
         self.mark_offline(f"no answer within {self.timeout:g} s")
         raise SourceUnavailable(f"{self.root}: no answer within {self.timeout:g} s")
 
+    async def call_checked(self, fn: Callable[..., T], *args: object) -> T:
+        """`call`, with OSErrors that mean "the source is gone" turned into SourceUnavailable."""
+        try:
+            return await self.call(fn, *args)
+        except OSError as exc:
+            await self.check_error(exc)
+            raise
+
     def mark_offline(self, why: str) -> None:
         if self.online:
             log.warning("source %s is unreachable (%s); serving cached files only", self.root, why)
@@ -102,11 +111,7 @@ class Source:
                 data = f.read()
             return parse(data, source=f"{self.root}/{MANIFEST}"), data, manifest_digest(data)
 
-        try:
-            return await self.call(load)
-        except OSError as exc:
-            await self.check_error(exc)
-            raise
+        return await self.call_checked(load)
 
 
 def fetch_into(src: str, tmp: str) -> Fetched:
@@ -130,6 +135,12 @@ def fetch_into(src: str, tmp: str) -> Fetched:
     finally:
         os.close(sfd)
     return Fetched(str(hasher.hexdigest()), size)
+
+
+def unlink_quietly(path: str) -> None:
+    """Remove *path* if it is there (a temp file being abandoned)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
