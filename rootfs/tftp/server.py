@@ -172,7 +172,9 @@ class TftpService:
             job = self._job(packet, source, peer, local)
         except OSError as e:  # no socket or port left: this request fails, not the server
             source.close()
-            self._refused(peer, packet.filename, f"cannot open a transfer socket: {e}", 0)
+            self._refused(
+                peer, packet.filename, f"cannot open a transfer socket: {e}", ERR_UNDEFINED
+            )
             return Error(ERR_UNDEFINED, "server busy; try again")
         self._active[peer] = job
         self._engine.submit(job)
