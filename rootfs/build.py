@@ -20,7 +20,7 @@ from pathlib import Path
 
 import xxhash
 
-from rootfs import disk
+from rootfs import disk, forked
 from rootfs.apply import SCRATCH, Applier, ApplyStats, resolve_mode
 from rootfs.compose import compose
 from rootfs.conflicts import NEW_SUFFIX, Hold, Reconciled, candidate_paths, reconcile
@@ -165,6 +165,7 @@ class Builder:
         repair: bool = False,
         progress: bool | None = None,
         on_result: Callable[[HostResult], None] | None = None,
+        jobs: int | None = None,
     ) -> list[HostResult]:
         """Build *hosts*; *mode* overrides each host's configured mode."""
         results = []
@@ -185,6 +186,7 @@ class Builder:
             repair=repair,
             progress=progress,
             on_result=on_result,
+            jobs=jobs,
         )
         return results
 
@@ -197,8 +199,19 @@ class Builder:
         repair: bool = False,
         progress: bool | None = None,
         on_result: Callable[[HostResult], None] | None = None,
+        jobs: int | None = None,
     ) -> list[HostResult]:
-        """Bring each host's tree to its already composed state."""
+        """Bring each host's tree to its already composed state.
+
+        Hosts are independent, so with *jobs* above one (default: one per available CPU)
+        they are applied by that many forked workers (see `forked.py`); each host is
+        journaled and recorded exactly as in a single process.
+        """
+        if jobs is None:
+            jobs = forked.available_cpus()
+        jobs = min(jobs, len(desired))
+        if jobs > 1 and not dry_run:
+            return self._apply_forked(desired, jobs, mode=mode, repair=repair, on_result=on_result)
         results = []
         try:
             for one in desired:
@@ -211,6 +224,38 @@ class Builder:
         finally:
             self._finish()  # also when a later host fails: what was applied gets recorded
         return results
+
+    def _apply_forked(
+        self,
+        desired: Sequence[Desired],
+        jobs: int,
+        *,
+        mode: str | None,
+        repair: bool,
+        on_result: Callable[[HostResult], None] | None,
+    ) -> list[HostResult]:
+        def work(indices: Sequence[int], send: forked.Send[HostResult]) -> None:
+            try:
+                for i in indices:  # no progress bars: several at once would garble the terminal
+                    one = desired[i]
+                    send(
+                        i,
+                        self._build_one(
+                            one, mode=mode, dry_run=False, repair=repair, progress=False
+                        ),
+                    )
+            finally:
+                self._finish()
+
+        results: dict[int, HostResult] = {}
+
+        def arrived(index: int, result: HostResult) -> None:
+            results[index] = result
+            if on_result is not None:
+                on_result(result)
+
+        forked.run(len(desired), work, jobs=jobs, on_result=arrived)
+        return [results[i] for i in sorted(results)]
 
     def _unchanged(self, host: Host, mode: str | None) -> bool:
         record = self.state.host_record(host.name)

@@ -27,7 +27,7 @@ import os
 import shutil
 import stat
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
@@ -168,7 +168,7 @@ class Store:
                 dst.flush()
                 set_fd_metadata(dst.fileno(), entry)
                 os.fsync(dst.fileno())
-            os.rename(tmp, variant)
+            _publish(str(tmp), str(variant))
         return str(variant)
 
     def node_source(self, entry: Entry) -> str:
@@ -185,8 +185,20 @@ class Store:
             tmp = str(self.tmp / os.urandom(16).hex())
             make_node(tmp, entry)
             set_path_metadata(tmp, entry)
-            os.rename(tmp, path)
+            _publish(tmp, path)
         return path
+
+
+def _publish(tmp: str, final: str) -> None:
+    """Put the inode at *tmp* in place at *final* unless another builder got there first.
+
+    Workers apply hosts in parallel (`forked.py`) and may make the same variant or node at
+    once; a rename would let the second replace the first after hosts already linked it,
+    so they would no longer share one inode. link() refuses instead, and the first one stays.
+    """
+    with suppress(FileExistsError):
+        os.link(tmp, final, follow_symlinks=False)
+    os.unlink(tmp)
 
 
 def make_node(path: str, entry: Entry) -> None:

@@ -272,7 +272,25 @@ def _pin_mtimes(root: Path) -> None:
 
 
 @pytest.mark.slow
-def test_kill_9_during_update_of_several_hosts_converges(tmp_path: Path, zoo_tree: Path) -> None:
+def _processes_using(state_dir: Path) -> list[int]:
+    """Pids of processes whose environment points at *state_dir* (rootfs commands, workers)."""
+    needle = f"ROOTFS_STATE_DIR={state_dir}".encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                environ = Path(f"/proc/{entry}/environ").read_bytes()
+            except OSError:
+                continue
+            if needle in environ.split(b"\0"):
+                pids.append(int(entry))
+    return pids
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_kill_9_during_update_of_several_hosts_converges(
+    tmp_path: Path, zoo_tree: Path, jobs: str
+) -> None:
     clean_env, clean_v2 = _scenario(tmp_path, zoo_tree, "clean")
     subprocess.run(
         [sys.executable, "-m", "rootfs", "base", "update", "zoo", str(clean_v2)],
@@ -291,7 +309,7 @@ def test_kill_9_during_update_of_several_hosts_converges(tmp_path: Path, zoo_tre
     kills = 0
     for _ in range(5):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rootfs", "build", "--all"],
+            [sys.executable, "-m", "rootfs", "build", "--all", "--jobs", jobs],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -306,6 +324,10 @@ def test_kill_9_during_update_of_several_hosts_converges(tmp_path: Path, zoo_tre
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
+        deadline = time.monotonic() + 5
+        while _processes_using(tmp_path / "killed-state") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _processes_using(tmp_path / "killed-state") == []  # no worker outlives it
     final = subprocess.run(
         [sys.executable, "-m", "rootfs", "build", "--all"], env=env, capture_output=True, text=True
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from rootfs.cli.context import Context
+from rootfs.cli.options import jobs_option
 from rootfs.cli.render import echo_result
 from rootfs.manifest import Change
 from rootfs.progress import Progress, human_bytes
@@ -90,8 +91,11 @@ def import_(ctx: Context, name: str, source: Path, checksum: bool) -> None:
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--no-apply", is_flag=True, help="Only import and stage the new generation.")
 @click.option("--checksum", is_flag=True, help=CHECKSUM_HELP)
+@jobs_option
 @click.pass_obj
-def update(ctx: Context, name: str, source: Path, no_apply: bool, checksum: bool) -> None:
+def update(
+    ctx: Context, name: str, source: Path, no_apply: bool, checksum: bool, jobs: int | None
+) -> None:
     """Import SOURCE as generation n+1 of NAME and apply it to every host using it.
 
     Each host gets only the paths that changed. A file a host changed itself is
@@ -107,17 +111,17 @@ def update(ctx: Context, name: str, source: Path, no_apply: bool, checksum: bool
         else:
             click.echo(f"base {name}: unchanged, still generation {gen.number}")
         if not no_apply:
-            _apply(ctx, state, name)
+            _apply(ctx, state, name, jobs)
 
 
-def _apply(ctx: Context, state: State, name: str) -> None:
+def _apply(ctx: Context, state: State, name: str, jobs: int | None) -> None:
     from rootfs.build import Builder  # deferred: only commands that build need it
 
     hosts = [h for h in ctx.site.hosts if h.base == name]
     if not hosts:
         click.echo(f"no host uses base {name}")
         return
-    Builder(ctx.site, state).build(hosts, on_result=echo_result)
+    Builder(ctx.site, state).build(hosts, on_result=echo_result, jobs=jobs)
 
 
 @base.command("list")
@@ -173,8 +177,11 @@ def diff_(ctx: Context, name: str, old: int, new: int) -> None:
 @click.argument("name")
 @click.argument("generation", type=int, required=False)
 @click.option("--no-apply", is_flag=True, help="Only make it current; build later.")
+@jobs_option
 @click.pass_obj
-def rollback(ctx: Context, name: str, generation: int | None, no_apply: bool) -> None:
+def rollback(
+    ctx: Context, name: str, generation: int | None, no_apply: bool, jobs: int | None
+) -> None:
     """Make an earlier GENERATION of NAME current (default: the one before) and apply it."""
     state = ctx.state
     with state.lock(f"base rollback {name}"):
@@ -182,4 +189,4 @@ def rollback(ctx: Context, name: str, generation: int | None, no_apply: bool) ->
         state.set_current(name, target.number)
         click.echo(f"base {name}: generation {target.number} ({target.digest[:12]}) is current")
         if not no_apply:
-            _apply(ctx, state, name)
+            _apply(ctx, state, name, jobs)

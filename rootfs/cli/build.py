@@ -7,6 +7,7 @@ import click
 from rootfs import disk
 from rootfs.build import Builder
 from rootfs.cli.context import Context
+from rootfs.cli.options import jobs_option
 from rootfs.cli.render import echo_result
 from rootfs.errors import UserError
 from rootfs.manifest import diff
@@ -30,6 +31,7 @@ from rootfs.manifest import diff
     help="Compare with what is really on disk instead of the last build's record,"
     " and put every difference right (undoes host-local changes).",
 )
+@jobs_option
 @click.pass_obj
 def build(
     ctx: Context,
@@ -38,6 +40,7 @@ def build(
     mode: str | None,
     dry_run: bool,
     repair: bool,
+    jobs: int | None,
 ) -> None:
     """Bring host trees to base + overlays + generated files.
 
@@ -54,7 +57,7 @@ def build(
     state = ctx.state
     with state.lock("build"):
         Builder(site, state).build(
-            selected, mode=mode, dry_run=dry_run, repair=repair, on_result=echo_result
+            selected, mode=mode, dry_run=dry_run, repair=repair, on_result=echo_result, jobs=jobs
         )
         if not dry_run:
             from rootfs.cli.exports import auto_apply  # deferred: NFS backends load slowly
