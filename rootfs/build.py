@@ -178,6 +178,14 @@ class Builder:
             results.append(result)
             if on_result is not None:
                 on_result(result)
+        if jobs is None:
+            jobs = forked.available_cpus()
+        jobs = min(jobs, len(pending))
+        if jobs > 1 and not dry_run:
+            results += self._build_forked(
+                pending, jobs, mode=mode, repair=repair, on_result=on_result
+            )
+            return results
         desired = self.compose_hosts(pending, store_objects=not dry_run)
         results += self.apply_desired(
             desired,
@@ -186,7 +194,6 @@ class Builder:
             repair=repair,
             progress=progress,
             on_result=on_result,
-            jobs=jobs,
         )
         return results
 
@@ -199,19 +206,8 @@ class Builder:
         repair: bool = False,
         progress: bool | None = None,
         on_result: Callable[[HostResult], None] | None = None,
-        jobs: int | None = None,
     ) -> list[HostResult]:
-        """Bring each host's tree to its already composed state.
-
-        Hosts are independent, so with *jobs* above one (default: one per available CPU)
-        they are applied by that many forked workers (see `forked.py`); each host is
-        journaled and recorded exactly as in a single process.
-        """
-        if jobs is None:
-            jobs = forked.available_cpus()
-        jobs = min(jobs, len(desired))
-        if jobs > 1 and not dry_run:
-            return self._apply_forked(desired, jobs, mode=mode, repair=repair, on_result=on_result)
+        """Bring each host's tree to its already composed state."""
         results = []
         try:
             for one in desired:
@@ -225,25 +221,36 @@ class Builder:
             self._finish()  # also when a later host fails: what was applied gets recorded
         return results
 
-    def _apply_forked(
+    def _build_forked(
         self,
-        desired: Sequence[Desired],
+        hosts: Sequence[Host],
         jobs: int,
         *,
         mode: str | None,
         repair: bool,
         on_result: Callable[[HostResult], None] | None,
     ) -> list[HostResult]:
+        """Compose and apply *hosts* in *jobs* forked workers (see `forked.py`).
+
+        Hosts are independent and their work is mostly Python, so each worker composes and
+        applies its share; every host is journaled and recorded exactly as in one process.
+        Bases and overlays are loaded first, so the workers inherit them instead of each
+        loading its own copy.
+        """
+        for host in hosts:
+            self._base(self.state.require_current(host.base))
+            for name in host.overlays:
+                self._overlay(name)
+
         def work(indices: Sequence[int], send: forked.Send[HostResult]) -> None:
             try:
-                for i in indices:  # no progress bars: several at once would garble the terminal
-                    one = desired[i]
-                    send(
-                        i,
-                        self._build_one(
-                            one, mode=mode, dry_run=False, repair=repair, progress=False
-                        ),
+                share = self.compose_hosts([hosts[i] for i in indices])  # one store batch
+                for i, desired in zip(indices, share, strict=True):
+                    # No progress bars: several at once would garble the terminal.
+                    result = self._build_one(
+                        desired, mode=mode, dry_run=False, repair=repair, progress=False
                     )
+                    send(i, result)
             finally:
                 self._finish()
 
@@ -254,7 +261,7 @@ class Builder:
             if on_result is not None:
                 on_result(result)
 
-        forked.run(len(desired), work, jobs=jobs, on_result=arrived)
+        forked.run(len(hosts), work, jobs=jobs, on_result=arrived)
         return [results[i] for i in sorted(results)]
 
     def _unchanged(self, host: Host, mode: str | None) -> bool:

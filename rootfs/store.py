@@ -297,7 +297,7 @@ class Batch:
             if final.parent not in parents:
                 final.parent.mkdir(mode=0o700, exist_ok=True)
                 parents.add(final.parent)
-            os.rename(tmp, final)
+            _publish(str(tmp), str(final))  # a parallel worker may have stored it meanwhile
         self.pending.clear()
         syncfs(self.store.root)
 
