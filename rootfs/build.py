@@ -178,15 +178,16 @@ class Builder:
             results.append(result)
             if on_result is not None:
                 on_result(result)
+        # Composing every host first means bad input (a template error) stops the build
+        # before any tree is touched.
+        desired = self.compose_hosts(pending, store_objects=not dry_run)
         if jobs is None:
             jobs = forked.available_cpus()
-        jobs = min(jobs, len(pending))
-        if jobs > 1 and not dry_run:
-            results += self._build_forked(
-                pending, jobs, mode=mode, repair=repair, on_result=on_result
+        if min(jobs, len(desired)) > 1 and not dry_run:
+            results += self._apply_forked(
+                desired, jobs, mode=mode, repair=repair, on_result=on_result
             )
             return results
-        desired = self.compose_hosts(pending, store_objects=not dry_run)
         results += self.apply_desired(
             desired,
             mode=mode,
@@ -221,34 +222,27 @@ class Builder:
             self._finish()  # also when a later host fails: what was applied gets recorded
         return results
 
-    def _build_forked(
+    def _apply_forked(
         self,
-        hosts: Sequence[Host],
+        desired: Sequence[Desired],
         jobs: int,
         *,
         mode: str | None,
         repair: bool,
         on_result: Callable[[HostResult], None] | None,
     ) -> list[HostResult]:
-        """Compose and apply *hosts* in *jobs* forked workers (see `forked.py`).
+        """Apply composed hosts in *jobs* forked workers (see `forked.py`).
 
-        Hosts are independent and their work is mostly Python, so each worker composes and
-        applies its share; every host is journaled and recorded exactly as in one process.
-        Bases and overlays are loaded first, so the workers inherit them instead of each
-        loading its own copy.
+        Hosts are independent and their work is mostly Python, so each worker applies its
+        share; every host is journaled and recorded exactly as in one process.
         """
-        for host in hosts:
-            self._base(self.state.require_current(host.base))
-            for name in host.overlays:
-                self._overlay(name)
 
         def work(indices: Sequence[int], send: forked.Send[HostResult]) -> None:
             try:
-                share = self.compose_hosts([hosts[i] for i in indices])  # one store batch
-                for i, desired in zip(indices, share, strict=True):
+                for i in indices:
                     # No progress bars: several at once would garble the terminal.
                     result = self._build_one(
-                        desired, mode=mode, dry_run=False, repair=repair, progress=False
+                        desired[i], mode=mode, dry_run=False, repair=repair, progress=False
                     )
                     send(i, result)
             finally:
@@ -261,7 +255,7 @@ class Builder:
             if on_result is not None:
                 on_result(result)
 
-        forked.run(len(hosts), work, jobs=jobs, on_result=arrived)
+        forked.run(len(desired), work, jobs=jobs, on_result=arrived)
         return [results[i] for i in sorted(results)]
 
     def _unchanged(self, host: Host, mode: str | None) -> bool:

@@ -279,6 +279,27 @@ def test_template_error_names_file_and_line_and_rolls_back(
     assert (site / "hostcfg/hosts.toml").read_text() == HOSTS
 
 
+def test_template_error_in_a_build_of_several_hosts_touches_no_tree(
+    run: Run, site: Path, imported: Path, tmp_path: Path
+) -> None:
+    run("build", "--all")
+
+    def snapshot() -> dict[str, tuple[int, int]]:
+        found = {}
+        for ip in ("10.9.0.11", "10.9.0.12"):
+            for path in tree_of(tmp_path, ip).rglob("*"):
+                st = path.lstat()
+                found[str(path)] = (st.st_ino, st.st_mtime_ns)
+        return found
+
+    before = snapshot()
+    broken = "{% if name == 'pc2' %}{{ nosuchvar }}{% endif %}\n"  # fails for pc2 only
+    (site / "overlays/lab/etc/broken.j2").write_text(broken)
+    proc = run("build", "--all", "--jobs", "2", check=False)
+    assert proc.returncode == 2 and "broken.j2" in proc.stderr
+    assert snapshot() == before  # pc1 was not built either: composing comes first
+
+
 def test_malformed_inventory_names_file_and_line(run: Run, site: Path) -> None:
     (site / "hostcfg/hosts.toml").write_text("[hosts.pc1\n")
     proc = run("host", "list", check=False)
