@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
             bench(work, args.base, args.runs, rootfs)
         finally:
             for mnt in work.glob("mnt-*"):
-                subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+                if os.path.ismount(mnt):  # left mounted by a run that failed midway
+                    subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
 
 
 def publish(work: Path, base: Path, rootfs: str) -> tuple[Path, Path]:
