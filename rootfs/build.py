@@ -36,6 +36,7 @@ from rootfs.store import syncfs
 
 PUBLISHED = "manifest"  # <tree>/.rootfs/manifest, read by client caches
 ATTIC = ".attic"  # <export root>/.attic/<host>/<stamp>/<path>: replaced inodes kept alive
+DEFAULT_MAX_JOBS = 8  # the workers share one filesystem; a cap until bigger machines measure more
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,7 @@ class Builder:
         # before any tree is touched.
         desired = self.compose_hosts(pending, store_objects=not dry_run)
         if jobs is None:
-            jobs = forked.available_cpus()
+            jobs = min(forked.available_cpus(), DEFAULT_MAX_JOBS)
         if min(jobs, len(desired)) > 1 and not dry_run:
             results += self._apply_forked(
                 desired, jobs, mode=mode, repair=repair, on_result=on_result

@@ -9,5 +9,5 @@ jobs_option = click.option(
     "-j",
     type=click.IntRange(min=1),
     default=None,
-    help="Hosts applied at once, each batch by its own process (default: one per CPU).",
+    help="Hosts applied at once, each batch by its own process (default: one per CPU, at most 8).",
 )
