@@ -14,7 +14,6 @@ eviction, and their failures are only logged.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import math
@@ -43,8 +42,8 @@ READAHEAD_MAX = 16 << 20  # larger files are fetched only when opened
 
 @dataclass
 class Opened:
-    """A verified cached object, open: its bytes (small objects) or an fd, pinned until
-    `Fetcher.close` so eviction never takes an object a reader holds."""
+    """A verified cached object, open: its bytes (small objects, read whole at open) or an fd
+    (larger ones, pinned until `Fetcher.close` so eviction never takes one a reader holds)."""
 
     digest: str
     fd: int = -1
@@ -170,8 +169,7 @@ class Fetcher:
         log.warning("cached object %s does not match its name; removed, fetching again", digest)
         self.cache.counters.bad_objects += 1
         self.cache.discard(digest)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.cache.object_path(digest))
+        unlink_quietly(str(self.cache.object_path(digest)))
 
     def _evict(self, incoming: int, target: float | None = None) -> None:
         # Inline on purpose: an object chosen for eviction is out of the index at once, and
