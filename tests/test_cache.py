@@ -648,3 +648,30 @@ def test_hanging_source_times_out_and_recovers(
     finally:
         os.kill(pid, signal.SIGCONT)
     wait_for(lambda: _readable(mnt / "bin/su"), what="the mount to recover")
+
+
+def test_a_read_stuck_on_the_source_does_not_hold_up_other_requests(
+    tree: Path, mount: Mount, hanging_source: tuple[Path, int]
+) -> None:
+    """The handler waiting on SOURCE suspends; another worker must take the FUSE fd over
+    (rootfs.cache.fuseloop), or every request would queue behind the stuck one."""
+    view, pid = hanging_source
+    mount.start("--timeout", "60", source=view)
+    mnt = mount.mountpoint
+    expected = (tree / "big.bin").read_bytes()
+    for _ in range(50):  # enough requests for pyfuse3 to have grown its pool of workers
+        assert (mnt / "big.bin").read_bytes() == expected  # cached after the first
+    os.kill(pid, signal.SIGSTOP)
+    stuck = threading.Thread(target=_readable, args=(mnt / "bin/su",))
+    try:
+        stuck.start()
+        time.sleep(0.5)  # its read is inside the mount, waiting for the source
+        started = time.monotonic()
+        for _ in range(20):  # each open is a request the mount must answer
+            assert (mnt / "big.bin").read_bytes() == expected
+        assert sorted(os.listdir(mnt / "hl")) == sorted(os.listdir(tree / "hl"))
+        assert time.monotonic() - started < 5
+        assert stuck.is_alive()  # it really was stuck all along
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        stuck.join(timeout=90)

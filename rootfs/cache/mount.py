@@ -29,6 +29,7 @@ import pyfuse3
 import trio
 
 from rootfs.cache.fs import CacheFS, Options
+from rootfs.cache.fuseloop import FuseWaiter, fuse_fds, install
 from rootfs.cache.objects import ObjectCache, locked
 from rootfs.cache.source import Source, SourceUnavailable
 from rootfs.cache.tree import Tree
@@ -128,7 +129,10 @@ async def _serve(config: MountConfig, cache: ObjectCache) -> None:
         fuse_options.add("allow_other")
     if config.read_only:
         fuse_options.add("ro")
+    fds_before = fuse_fds()
     pyfuse3.init(fs, str(config.mountpoint), fuse_options)
+    session_fds = fuse_fds() - fds_before
+    waiter = install(session_fds.pop()) if len(session_fds) == 1 else None
     log.info(
         "mounted %s (manifest %s, %d entries) at %s",
         config.source,
@@ -142,7 +146,7 @@ async def _serve(config: MountConfig, cache: ObjectCache) -> None:
             nursery.start_soon(fs.fetcher.run_readahead)
             nursery.start_soon(_refresher, fs, config)
             nursery.start_soon(_flusher, fs, config)
-            nursery.start_soon(_signals, fs)
+            nursery.start_soon(_signals, fs, waiter)
             nursery.start_soon(_raise_readahead, config.mountpoint)
             if boot_set:
                 nursery.start_soon(_prefetch, fs, boot_set, config.prefetch_parallel)
@@ -214,7 +218,7 @@ def _boot_window_over(fs: CacheFS) -> bool:
     return time.monotonic() - fs.fetcher.started >= fs.options.boot_window
 
 
-async def _signals(fs: CacheFS) -> None:
+async def _signals(fs: CacheFS, waiter: FuseWaiter | None) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             if signum == signal.SIGHUP:
@@ -224,6 +228,8 @@ async def _signals(fs: CacheFS) -> None:
                     log.warning("refresh failed: %s", exc)
             else:
                 log.info("signal %d: unmounting", signum)
+                if waiter is not None:
+                    waiter.close()
                 pyfuse3.terminate()
 
 
