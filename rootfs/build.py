@@ -75,7 +75,7 @@ class Builder:
         self._overlays: dict[str, Overlay] = {}
         self._bases: dict[tuple[str, int], Manifest] = {}
         self._fingerprints: dict[str, list[object]] = {}
-        self._unfinished: list[tuple[Host, Journal, Manifest | None]] = []
+        self._unfinished: list[tuple[Host, Journal]] = []
 
     def _overlay(self, name: str) -> Overlay:
         if name not in self._overlays:
@@ -327,7 +327,7 @@ class Builder:
             attic=str(attic) if attic else None,
         )
         self.state.write_journal(host.name, journal)
-        stats = self._run(host, journal, progress=progress, manifest=rec.applied)
+        stats = self._run(host, journal, progress=progress)
         return HostResult(
             host,
             plan,
@@ -388,7 +388,7 @@ class Builder:
             attic=str(attic),
         )
         self.state.write_journal(host.name, journal)
-        stats = self._run(host, journal, progress=False, manifest=wanted)
+        stats = self._run(host, journal, progress=False)
         self._finish()
         return HostResult(host, plan, record.mode, stats=stats)
 
@@ -397,18 +397,8 @@ class Builder:
         stamp = f"{int(time.time())}-{gen.base}-{gen.number}"
         return self.site.config.export_root / ATTIC / host.name / stamp
 
-    def _run(
-        self,
-        host: Host,
-        journal: Journal,
-        *,
-        progress: bool | None,
-        manifest: Manifest | None = None,
-    ) -> ApplyStats:
-        """Carry out a journaled apply (also to resume one); _finish() records it.
-
-        *manifest* is the parsed form of ``journal.target``, when at hand.
-        """
+    def _run(self, host: Host, journal: Journal, *, progress: bool | None) -> ApplyStats:
+        """Carry out a journaled apply (also to resume one); _finish() records it."""
         root = self.site.host_root(host)
         applier = Applier(
             root,
@@ -427,7 +417,7 @@ class Builder:
         finally:
             bar.close()
         atomic_write_bytes(root / SCRATCH / PUBLISHED, journal.target, durable=False)
-        self._unfinished.append((host, journal, manifest))
+        self._unfinished.append((host, journal))
         return stats
 
     def _finish(self) -> None:
@@ -441,19 +431,19 @@ class Builder:
             return
         done, self._unfinished = self._unfinished, []
         filesystems: dict[int, Path] = {}
-        for host, _, _ in done:
+        for host, _ in done:
             root = self.site.host_root(host)
             filesystems.setdefault(os.stat(root).st_dev, root)
         for root in filesystems.values():
             syncfs(root)
-        for host, journal, manifest in done:
+        for host, journal in done:
             self.state.save_holds(host.name, journal.holds, durable=False)
             record = dataclasses.replace(
                 journal.record, manifest_digest=manifest_digest(journal.target)
             )
-            self.state.record_applied(record, journal.target, manifest, durable=False)
+            self.state.record_applied(record, journal.target, durable=False)
         syncfs(self.state.root)
-        for host, _, _ in done:
+        for host, _ in done:
             self.state.clear_journal(host.name)
 
     @staticmethod

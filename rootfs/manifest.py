@@ -197,19 +197,19 @@ def _format_xattrs(xattrs: Xattrs) -> str:
     return ";".join(f"{_escape_xattr_name(name)}={value.hex()}" for name, value in xattrs)
 
 
+# The trees of many hosts share almost all their entries, so both directions are memoised:
+# a build of N hosts formats each shared line once, and reading N applied manifests parses
+# each shared line once (the others are one dict lookup, and the same Entry object).
 _LINES: dict[Entry, str] = {}
-_LINES_MAX = 1 << 20
+_ENTRIES: dict[str, Entry] = {}
+_MEMO_MAX = 1 << 18  # entries per memo, cleared when full: about 100 MB at worst
 
 
 def format_entry(entry: Entry) -> str:
-    """One manifest line (without the newline).
-
-    Lines are cached by entry: the trees of many hosts share almost all their
-    entries, so a build of N hosts formats each shared line once, not N times.
-    """
+    """One manifest line (without the newline)."""
     line = _LINES.get(entry)
     if line is None:
-        if len(_LINES) >= _LINES_MAX:
+        if len(_LINES) >= _MEMO_MAX:
             _LINES.clear()
         line = _LINES[entry] = _format_entry(entry)
     return line
@@ -273,7 +273,20 @@ def parse(data: bytes, *, source: str) -> Manifest:
     entries: dict[str, Entry] = {}
     previous = ""
     new, kinds = tuple.__new__, _PLAIN_KINDS  # skips NamedTuple's Python-level __new__
+    known = _ENTRIES
+    if len(known) >= _MEMO_MAX:
+        known.clear()
     for number, line in enumerate(lines[1:], start=2):
+        entry = known.get(line)
+        if entry is not None:
+            path = entry.path
+            if path <= previous and entries:
+                raise ManifestFormatError(
+                    f"{source}: line {number}: path {path!r} is out of order or repeated"
+                )
+            previous = path
+            entries[path] = entry
+            continue
         if not line or line[0] == "#":
             continue
         f = line.split("\t")
@@ -309,6 +322,7 @@ def parse(data: bytes, *, source: str) -> Manifest:
             raise ManifestFormatError(f"{source}: line {number}: path {path!r} is not absolute")
         previous = path
         entries[path] = entry
+        known[line] = entry
     return Manifest(entries)
 
 

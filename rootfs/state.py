@@ -235,9 +235,15 @@ class State:
         return self.root / "hosts" / host
 
     def applied_manifest(self, host: str) -> Manifest | None:
+        """What the last apply left in the host's tree.
+
+        Parsed without a marshal cache: a host's manifest shares almost every line with the
+        other hosts' and the base's, which `parse` then finds in its memo. Writing a cache
+        per host cost more than that parse.
+        """
         path = self.host_dir(host) / "applied.manifest"
         try:
-            return load_manifest(path)
+            return parse(path.read_bytes(), source=str(path))
         except FileNotFoundError:
             return None
 
@@ -249,25 +255,13 @@ class State:
         return HostRecord(**raw)
 
     def record_applied(
-        self,
-        record: HostRecord,
-        manifest_bytes: bytes,
-        manifest: Manifest | None = None,
-        *,
-        durable: bool = True,
+        self, record: HostRecord, manifest_bytes: bytes, *, durable: bool = True
     ) -> None:
-        """Store what was applied; the manifest first, so the record never points ahead.
-
-        Given the parsed *manifest* too, its cache is written now rather than on
-        the next read.
-        """
+        """Store what was applied; the manifest first, so the record never points ahead."""
         directory = self.host_dir(record.host)
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(directory / "applied.manifest", manifest_bytes, durable=durable)
-        if manifest is not None:
-            write_manifest_cache(
-                directory / "applied.manifest", manifest_digest(manifest_bytes), manifest
-            )
+        (directory / "applied.manifest.cache").unlink(missing_ok=True)  # from older versions
         atomic_write_bytes(
             directory / "record.json", json.dumps(asdict(record)).encode(), durable=durable
         )

@@ -115,6 +115,22 @@ def test_malformed_files_name_the_line(data: bytes, message: str) -> None:
         parse(data, source="gen.manifest")
 
 
+def test_lines_seen_before_give_the_same_entries_and_are_still_checked() -> None:
+    """parse memoises line -> Entry across manifests; the order checks must still apply."""
+    a = Entry("/a", DIR, 0o755, 0, 0, 0, 0)
+    b = Entry("/b", FILE, 0o644, 0, 0, 5, 3, "ab" * 16)
+    data = serialize(Manifest.from_entries([ROOT, a, b]))
+    first, second = parse(data, source="one"), parse(data, source="two")
+    assert second.entries["/b"] is first.entries["/b"]
+    assert second == first
+    header, root, line_a, line_b, _ = data.split(b"\n")
+    swapped = b"\n".join([header, root, line_b, line_a, b""])
+    with pytest.raises(ManifestFormatError, match="line 4: path '/a' is out of order"):
+        parse(swapped, source="gen.manifest")
+    with pytest.raises(ManifestFormatError, match="line 4: path '/b' is out of order"):
+        parse(b"\n".join([header, root, line_b, line_b, b""]), source="gen.manifest")
+
+
 def test_loads_100k_entries_in_under_a_second() -> None:
     items = [
         Entry(
