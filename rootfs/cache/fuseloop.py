@@ -15,12 +15,14 @@ suspends (it awaits a thread: a fetch, a SOURCE call) does a trio instrument see
 step end while it is serving, and wake one parked worker to take over the fd, so a slow
 request never holds up the others; pyfuse3 still grows the pool up to ``max_tasks``.
 
-A task returns True only after a zero-timeout ``poll`` has seen the fd readable in the same
-step: the fd is blocking, and a worker woken for a request another worker already took must
-not block the whole thread in ``read``. Termination: `FuseWaiter.close` goes with
-``pyfuse3.terminate`` and tells every parked worker to stop (a worker serving a request sees
-pyfuse3's own exit flag), and an unmount makes the fd report an error, which each worker in
-turn reads as the end.
+A task returns True only when a request is known to be waiting: the fd is blocking, and a
+worker woken for a request another worker already took must not block the whole thread in
+``read``. So a woken waiter returns at once only if no request was handed out since it began
+to wait; otherwise, as on the path that skips waiting, a zero-timeout ``poll`` decides.
+
+Termination: `FuseWaiter.close` goes with ``pyfuse3.terminate`` and tells every parked worker
+to stop (a worker serving a request sees pyfuse3's own exit flag), and an unmount makes the fd
+report an error, which each worker in turn reads as the end.
 
 This relies on pyfuse3 internals, so `install` checks the version it was written against
 and otherwise leaves pyfuse3's own loop in place.
@@ -67,6 +69,7 @@ class FuseWaiter(trio.abc.Instrument):
         self._standby = trio.lowlevel.ParkingLot()
         self._closed = False
         self._budget = FAST_BUDGET
+        self._taken = 0  # requests handed out: tells a woken waiter whether one was taken
 
     def _ready(self) -> bool:
         # Any event counts: after an unmount the fd reports POLLERR, and the read that
@@ -81,13 +84,13 @@ class FuseWaiter(trio.abc.Instrument):
         while not self._closed:
             if self._budget > 0 and self._ready():
                 self._budget -= 1
-                self._serving.add(task)
-                return True
+                return self._take(task)
             self._budget = FAST_BUDGET
             if self._waiter is not None:
                 await self._standby.park()
                 continue
             self._waiter = task
+            taken = self._taken
             try:
                 await trio.lowlevel.wait_readable(self.fd)
             except trio.ClosedResourceError:  # pyfuse3.terminate()
@@ -95,7 +98,16 @@ class FuseWaiter(trio.abc.Instrument):
                 return False
             finally:
                 self._waiter = None
+            if self._taken == taken and not self._closed:
+                # Readable since this task started waiting, and no other task has read
+                # from the fd since then: the request is still there, no poll needed.
+                return self._take(task)
         return False
+
+    def _take(self, task: trio.lowlevel.Task) -> bool:
+        self._taken += 1
+        self._serving.add(task)
+        return True
 
     def close(self) -> None:
         """End the loop: call with pyfuse3.terminate(). A worker that was serving sees
