@@ -11,6 +11,7 @@ converges to the same tree as an uninterrupted run and loses no host-local chang
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -29,7 +30,7 @@ from rootfs.errors import UserError
 from rootfs.manifest import FILE, Manifest, diff, manifest_digest, serialize
 from rootfs.overlay import LayerRenderer, Overlay, load_overlay
 from rootfs.plan import Plan, make_plan
-from rootfs.progress import Progress
+from rootfs.progress import ItemsProgress, Progress
 from rootfs.site import Host, Site
 from rootfs.state import Generation, HostRecord, Journal, State
 from rootfs.store import syncfs
@@ -186,7 +187,7 @@ class Builder:
             jobs = min(forked.available_cpus(), DEFAULT_MAX_JOBS)
         if min(jobs, len(desired)) > 1 and not dry_run:
             results += self._apply_forked(
-                desired, jobs, mode=mode, repair=repair, on_result=on_result
+                desired, jobs, mode=mode, repair=repair, progress=progress, on_result=on_result
             )
             return results
         results += self.apply_desired(
@@ -230,33 +231,44 @@ class Builder:
         *,
         mode: str | None,
         repair: bool,
+        progress: bool | None,
         on_result: Callable[[HostResult], None] | None,
     ) -> list[HostResult]:
         """Apply composed hosts in *jobs* forked workers (see `forked.py`).
 
         Hosts are independent and their work is mostly Python, so each worker applies its
-        share; every host is journaled and recorded exactly as in one process.
+        share; every host is journaled and recorded exactly as in one process. The workers'
+        progress comes back as text, drawn by the parent on one line for all hosts.
         """
 
-        def work(indices: Sequence[int], send: forked.Send[HostResult]) -> None:
+        def work(indices: Sequence[int], outbox: forked.Outbox[HostResult]) -> None:
             try:
                 for i in indices:
-                    # No progress bars: several at once would garble the terminal.
                     result = self._build_one(
-                        desired[i], mode=mode, dry_run=False, repair=repair, progress=False
+                        desired[i],
+                        mode=mode,
+                        dry_run=False,
+                        repair=repair,
+                        progress=False,
+                        report=functools.partial(outbox.progress, i),
                     )
-                    send(i, result)
+                    outbox(i, result)
             finally:
                 self._finish()
 
         results: dict[int, HostResult] = {}
+        bar = ItemsProgress("hosts", len(desired), enabled=progress)
 
         def arrived(index: int, result: HostResult) -> None:
             results[index] = result
+            bar.finished(index)
             if on_result is not None:
                 on_result(result)
 
-        forked.run(len(desired), work, jobs=jobs, on_result=arrived)
+        try:
+            forked.run(len(desired), work, jobs=jobs, on_result=arrived, on_progress=bar.update)
+        finally:
+            bar.close()
         return [results[i] for i in sorted(results)]
 
     def _unchanged(self, host: Host, mode: str | None) -> bool:
@@ -273,14 +285,16 @@ class Builder:
         dry_run: bool,
         repair: bool,
         progress: bool | None,
+        report: Callable[[str], None] | None = None,
     ) -> HostResult:
+        """Build one composed host; *report*, if given, receives its progress lines."""
         host = desired.host
         started = time.monotonic()
         recovered = False
         if not dry_run:
             journal = self.state.read_journal(host.name)
             if journal is not None:
-                self._run(host, journal, progress=progress)
+                self._run(host, journal, progress=progress, report=report)
                 self._finish()
                 recovered = True
         rec = self.reconcile_host(desired, repair=repair)
@@ -327,7 +341,7 @@ class Builder:
             attic=str(attic) if attic else None,
         )
         self.state.write_journal(host.name, journal)
-        stats = self._run(host, journal, progress=progress)
+        stats = self._run(host, journal, progress=progress, report=report)
         return HostResult(
             host,
             plan,
@@ -397,7 +411,14 @@ class Builder:
         stamp = f"{int(time.time())}-{gen.base}-{gen.number}"
         return self.site.config.export_root / ATTIC / host.name / stamp
 
-    def _run(self, host: Host, journal: Journal, *, progress: bool | None) -> ApplyStats:
+    def _run(
+        self,
+        host: Host,
+        journal: Journal,
+        *,
+        progress: bool | None,
+        report: Callable[[str], None] | None = None,
+    ) -> ApplyStats:
         """Carry out a journaled apply (also to resume one); _finish() records it."""
         root = self.site.host_root(host)
         applier = Applier(
@@ -408,7 +429,7 @@ class Builder:
             attic=Path(journal.attic) if journal.attic else None,
         )
         applier.prepare()
-        bar = Progress(f"{host.name}", total_files=len(journal.ops), enabled=progress)
+        bar = Progress(f"{host.name}", total_files=len(journal.ops), enabled=progress, sink=report)
         try:
             stats = applier.run(
                 Plan(journal.ops, ()),

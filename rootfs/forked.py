@@ -35,8 +35,19 @@ R = TypeVar("R")
 _LENGTH = struct.Struct("!I")
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
-Send = Callable[[int, R], None]
-"""`send(index, result)`: hand one item's result to the parent."""
+
+class Outbox(Generic[R]):
+    """A worker's way to the parent: ``outbox(index, result)`` hands over one item's result,
+    ``outbox.progress(index, text)`` a progress line for an item still under way."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def __call__(self, index: int, result: R) -> None:
+        _write(self._fd, ("result", index, result))
+
+    def progress(self, index: int, text: str) -> None:
+        _write(self._fd, ("progress", index, text))
 
 
 class WorkerFailed(Exception):
@@ -50,16 +61,18 @@ def available_cpus() -> int:
 
 def run(
     count: int,
-    work: Callable[[Sequence[int], Send[R]], None],
+    work: Callable[[Sequence[int], Outbox[R]], None],
     *,
     jobs: int,
     on_result: Callable[[int, R], None],
+    on_progress: Callable[[int, str], None] | None = None,
 ) -> None:
-    """Do `work(indices, send)` for items 0..count-1 in `jobs` forked workers.
+    """Do `work(indices, outbox)` for items 0..count-1 in `jobs` forked workers.
 
     Items are dealt round-robin, so each worker gets a similar share. `on_result(index,
-    result)` runs in the parent for each result sent. Raises the first error a worker
-    reported (a `UserError` keeps its message and exit code) after all workers have ended.
+    result)` runs in the parent for each result sent, `on_progress(index, text)` for each
+    progress line. Raises the first error a worker reported (a `UserError` keeps its message
+    and exit code) after all workers have ended.
     """
     sys.stdout.flush()  # a child must not inherit (and never write) half a line of ours
     sys.stderr.flush()
@@ -68,7 +81,7 @@ def run(
         for k in range(min(jobs, count)):
             worker: _Worker[R] = _Worker.start(list(range(k, count, jobs)), work)
             workers[worker.fd] = worker
-        _gather(workers, on_result)
+        _gather(workers, on_result, on_progress)
     finally:
         errors = [w.wait() for w in workers.values()]
     for error in errors:
@@ -76,7 +89,11 @@ def run(
             raise error
 
 
-def _gather(workers: dict[int, _Worker[R]], on_result: Callable[[int, R], None]) -> None:
+def _gather(
+    workers: dict[int, _Worker[R]],
+    on_result: Callable[[int, R], None],
+    on_progress: Callable[[int, str], None] | None,
+) -> None:
     with selectors.DefaultSelector() as selector:
         for fd in workers:
             selector.register(fd, selectors.EVENT_READ)
@@ -87,6 +104,9 @@ def _gather(workers: dict[int, _Worker[R]], on_result: Callable[[int, R], None])
                 for kind, index, payload in worker.read():
                     if kind == "result":
                         on_result(index, cast(R, payload))
+                    elif kind == "progress":
+                        if on_progress is not None:
+                            on_progress(index, cast(str, payload))
                     else:
                         worker.error = cast(BaseException, payload)
                 if worker.eof:
@@ -106,7 +126,7 @@ class _Worker(Generic[R]):
 
     @classmethod
     def start(
-        cls, indices: list[int], work: Callable[[Sequence[int], Send[R]], None]
+        cls, indices: list[int], work: Callable[[Sequence[int], Outbox[R]], None]
     ) -> _Worker[R]:
         parent = os.getpid()
         read_end, write_end = os.pipe()
@@ -150,7 +170,7 @@ class _Worker(Generic[R]):
 def _child(
     parent: int,
     indices: list[int],
-    work: Callable[[Sequence[int], Send[R]], None],
+    work: Callable[[Sequence[int], Outbox[R]], None],
     fd: int,
 ) -> None:
     status = 1
@@ -160,10 +180,7 @@ def _child(
         if os.getppid() != parent:  # the parent died before the line above took effect
             os._exit(1)
 
-        def send(index: int, result: R) -> None:
-            _write(fd, ("result", index, result))
-
-        work(indices, send)
+        work(indices, Outbox(fd))
         status = 0
     except BaseException as exc:  # reported to the parent, which re-raises it
         _write(fd, ("error", -1, _portable(exc)))

@@ -2,13 +2,19 @@
 
 Redraws one line at most ten times a second when stderr is a terminal and stays
 silent otherwise, so logs and pipes get only the final summary the caller prints.
+A build spread over worker processes draws one line in the parent (`ItemsProgress`)
+from the lines its workers' `Progress` objects hand to a sink instead of a terminal.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
+
+REDRAW_INTERVAL = 0.1  # seconds
 
 
 def human_bytes(count: float) -> str:
@@ -31,14 +37,17 @@ class Progress:
         total_bytes: int | None = None,
         stream: TextIO | None = None,
         enabled: bool | None = None,
+        sink: Callable[[str], None] | None = None,
     ) -> None:
+        """With a *sink*, each redraw's text goes there (always) instead of to *stream*."""
         self.label = label
         self.total_files = total_files
         self.total_bytes = total_bytes
         self.files = 0
         self.bytes = 0
         self._stream = stream if stream is not None else sys.stderr
-        self._enabled = self._stream.isatty() if enabled is None else enabled
+        self._sink = sink
+        self._enabled = sink is not None or (self._stream.isatty() if enabled is None else enabled)
         self._last_draw = 0.0
         self._drawn = False
 
@@ -51,7 +60,7 @@ class Progress:
         self.bytes += bytes_
         if self._enabled:
             now = time.monotonic()
-            if now - self._last_draw >= 0.1:
+            if now - self._last_draw >= REDRAW_INTERVAL:
                 self._last_draw = now
                 self._draw()
 
@@ -65,12 +74,61 @@ class Progress:
             pct = f" {min(100, 100 * self.bytes // max(1, self.total_bytes)):3d}%"
         elif self.total_files:
             pct = f" {min(100, 100 * self.files // max(1, self.total_files)):3d}%"
-        self._stream.write(f"\r\x1b[K{self.label}:{pct} {files} files, {size}")
+        text = f"{self.label}:{pct} {files} files, {size}"
+        if self._sink is not None:
+            self._sink(text)
+            return
+        self._stream.write(f"\r\x1b[K{text}")
         self._stream.flush()
         self._drawn = True
 
     def close(self) -> None:
         """Erase the progress line so the caller's summary starts clean."""
+        if self._drawn:
+            self._stream.write("\r\x1b[K")
+            self._stream.flush()
+            self._drawn = False
+
+
+class ItemsProgress:
+    """One line for items worked on elsewhere: how many are done, and the latest progress
+    text of each one under way (``hosts 12/50 done | h013: 40% ... | h014: 75% ...``)."""
+
+    def __init__(
+        self, label: str, total: int, *, stream: TextIO | None = None, enabled: bool | None = None
+    ) -> None:
+        self.label = label
+        self.total = total
+        self.done = 0
+        self.active: dict[int, str] = {}
+        self._stream = stream if stream is not None else sys.stderr
+        self._enabled = self._stream.isatty() if enabled is None else enabled
+        self._last_draw = 0.0
+        self._drawn = False
+
+    def update(self, index: int, text: str) -> None:
+        """Item *index* reports *text*; redraw if enough time has passed."""
+        self.active[index] = text
+        now = time.monotonic()
+        if self._enabled and now - self._last_draw >= REDRAW_INTERVAL:
+            self._last_draw = now
+            self._draw()
+
+    def finished(self, index: int) -> None:
+        """Item *index* is done; erase the line, so the caller can print its summary."""
+        self.active.pop(index, None)
+        self.done += 1
+        self.close()
+
+    def _draw(self) -> None:
+        parts = [f"{self.label} {self.done}/{self.total} done", *self.active.values()]
+        width = shutil.get_terminal_size().columns - 1  # a wrapped line cannot be redrawn
+        self._stream.write("\r\x1b[K" + " | ".join(parts)[:width])
+        self._stream.flush()
+        self._drawn = True
+
+    def close(self) -> None:
+        """Erase the line."""
         if self._drawn:
             self._stream.write("\r\x1b[K")
             self._stream.flush()

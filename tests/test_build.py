@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import pty
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -338,3 +340,46 @@ def test_interrupted_import_leaves_nothing_behind(run: Run, zoo_tree: Path, tmp_
     leftover.write_bytes(b"half an object")
     run("base", "import", "zoo", str(zoo_tree))
     assert not leftover.exists()
+
+
+def test_a_forked_build_on_a_terminal_shows_every_host_progressing(
+    site: Path, imported: Path, tmp_path: Path
+) -> None:
+    """Workers send their hosts' progress to the parent, which draws one line for all."""
+    env = {
+        **os.environ,
+        "ROOTFS_SITE": str(site),
+        "ROOTFS_STATE_DIR": str(tmp_path / "state"),
+        "ROOTFS_EXPORT_ROOT": str(tmp_path / "export"),
+    }
+    controller, terminal = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "rootfs", "build", "--all", "--jobs", "2"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            text=True,
+            timeout=120,
+        )
+        os.close(terminal)
+        terminal = -1
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(controller, 1 << 16)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(controller)
+        if terminal >= 0:
+            os.close(terminal)
+    assert proc.returncode == 0, proc.stdout
+    text = drawn.decode()
+    # A line drawn while the hosts were being applied, e.g. "hosts 0/2 done | pc1: 1% 1/53 files"
+    assert re.search(r"hosts [01]/2 done \| pc[12]: +\d+% \d+/\d+ files", text), repr(text)
+    assert text.endswith("\r\x1b[K")  # erased at the end: the summaries stand alone
+    assert sorted(line.split(":")[0] for line in proc.stdout.splitlines()) == ["pc1", "pc2"]

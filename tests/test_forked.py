@@ -19,7 +19,7 @@ from rootfs.errors import UserError
 def test_every_item_is_done_once_across_the_workers() -> None:
     got: dict[int, tuple[int, int]] = {}
 
-    def work(indices: Sequence[int], send: forked.Send[tuple[int, int]]) -> None:
+    def work(indices: Sequence[int], send: forked.Outbox[tuple[int, int]]) -> None:
         for i in indices:
             send(i, (i * i, os.getpid()))
 
@@ -33,7 +33,7 @@ def test_every_item_is_done_once_across_the_workers() -> None:
 def test_a_user_error_comes_back_with_its_message_after_the_others_finish() -> None:
     got: list[int] = []
 
-    def work(indices: Sequence[int], send: forked.Send[int]) -> None:
+    def work(indices: Sequence[int], send: forked.Outbox[int]) -> None:
         for i in indices:
             if i == 1:
                 raise UserError("host pc2: disk full; free space and run again", 3)
@@ -47,7 +47,7 @@ def test_a_user_error_comes_back_with_its_message_after_the_others_finish() -> N
 
 
 def test_a_bug_comes_back_with_the_workers_traceback() -> None:
-    def work(indices: Sequence[int], send: forked.Send[int]) -> None:
+    def work(indices: Sequence[int], send: forked.Outbox[int]) -> None:
         raise ValueError("unexpected")
 
     with pytest.raises(RuntimeError, match="ValueError: unexpected"):
@@ -55,7 +55,7 @@ def test_a_bug_comes_back_with_the_workers_traceback() -> None:
 
 
 def test_a_worker_killed_by_a_signal_is_reported() -> None:
-    def work(indices: Sequence[int], send: forked.Send[int]) -> None:
+    def work(indices: Sequence[int], send: forked.Outbox[int]) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
     with pytest.raises(forked.WorkerFailed, match="killed by SIGKILL"):
@@ -65,12 +65,31 @@ def test_a_worker_killed_by_a_signal_is_reported() -> None:
 def test_large_results_pass_through_the_pipe_whole() -> None:
     got: dict[int, bytes] = {}
 
-    def work(indices: Sequence[int], send: forked.Send[bytes]) -> None:
+    def work(indices: Sequence[int], send: forked.Outbox[bytes]) -> None:
         for i in indices:
             send(i, bytes([i]) * (1 << 20))  # far beyond a pipe's 64 KiB
 
     forked.run(4, work, jobs=2, on_result=lambda i, r: got.__setitem__(i, r))
     assert {i: (len(r), r[0]) for i, r in got.items()} == {i: (1 << 20, i) for i in range(4)}
+
+
+def test_progress_lines_arrive_before_their_items_result() -> None:
+    events: list[tuple[str, int, object]] = []
+
+    def work(indices: Sequence[int], outbox: forked.Outbox[int]) -> None:
+        for i in indices:
+            outbox.progress(i, f"item {i}: half")
+            outbox(i, i)
+
+    forked.run(
+        4,
+        work,
+        jobs=2,
+        on_result=lambda i, r: events.append(("result", i, r)),
+        on_progress=lambda i, text: events.append(("progress", i, text)),
+    )
+    for i in range(4):
+        assert events.index(("progress", i, f"item {i}: half")) < events.index(("result", i, i))
 
 
 SCRIPT = """
