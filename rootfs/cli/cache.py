@@ -51,7 +51,12 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
     help="Directory holding the cached objects (created if missing).",
 )
 @click.option("--quota", callback=_size, help="Cache size limit, e.g. 2G (default: no limit).")
-@click.option("--read-only", is_flag=True, help="Refuse every write (EROFS).")
+@click.option(
+    "--read-only",
+    is_flag=True,
+    help="Refuse every write (EROFS). Also faster: the kernel then skips the attribute"
+    " refresh it sends after each file's first read.",
+)
 @click.option(
     "--refresh-interval",
     type=click.FloatRange(min=0.1),
