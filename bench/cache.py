@@ -138,9 +138,13 @@ def bench(work: Path, base: Path, runs: int, rootfs: str) -> None:
     mnt = work / "mnt-cache"
 
     def cache_mount(
-        source: Path, cache: Path = cache_dir, env: dict[str, str] | None = None, *extra: str
+        source: Path,
+        cache: Path = cache_dir,
+        *,
+        env: dict[str, str] | None = None,
+        options: tuple[str, ...] = (),
     ) -> Mounted:
-        argv = [rootfs, "cache", "mount", str(source), str(mnt), "--cache", str(cache), *extra]
+        argv = [rootfs, "cache", "mount", str(source), str(mnt), "--cache", str(cache), *options]
         return Mounted(argv, mnt, env)
 
     bindfs = Mounted(
@@ -225,7 +229,7 @@ def bench(work: Path, base: Path, runs: int, rootfs: str) -> None:
         "tar | cat rootfs warm, --read-only",
         on(tar_read, mnt),
         runs=runs,
-        setup=lambda i: holder.append(cache_mount(tree, cache_dir, None, "--read-only")),
+        setup=lambda i: holder.append(cache_mount(tree, options=("--read-only",))),
         teardown=teardown,
     )
 

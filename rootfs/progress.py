@@ -26,6 +26,40 @@ def human_bytes(count: float) -> str:
     raise AssertionError("unreachable")
 
 
+class StatusLine:
+    """One line of a terminal redrawn in place, at most ten times a second; silent unless
+    *enabled* (by default: when the stream is a terminal)."""
+
+    def __init__(self, stream: TextIO | None = None, enabled: bool | None = None) -> None:
+        self._stream = stream if stream is not None else sys.stderr
+        self.enabled = self._stream.isatty() if enabled is None else enabled
+        self._last_draw = 0.0
+        self._drawn = False
+
+    def due(self) -> bool:
+        """Whether a redraw should happen now (and, if so, it counts as done)."""
+        if not self.enabled:
+            return False
+        now = time.monotonic()
+        if now - self._last_draw < REDRAW_INTERVAL:
+            return False
+        self._last_draw = now
+        return True
+
+    def show(self, text: str) -> None:
+        width = shutil.get_terminal_size().columns - 1  # a wrapped line cannot be redrawn
+        self._stream.write("\r\x1b[K" + text[:width])
+        self._stream.flush()
+        self._drawn = True
+
+    def erase(self) -> None:
+        """Erase the line so the caller's next output starts clean."""
+        if self._drawn:
+            self._stream.write("\r\x1b[K")
+            self._stream.flush()
+            self._drawn = False
+
+
 class Progress:
     """A files/bytes counter with an optional known total."""
 
@@ -45,11 +79,8 @@ class Progress:
         self.total_bytes = total_bytes
         self.files = 0
         self.bytes = 0
-        self._stream = stream if stream is not None else sys.stderr
         self._sink = sink
-        self._enabled = sink is not None or (self._stream.isatty() if enabled is None else enabled)
-        self._last_draw = 0.0
-        self._drawn = False
+        self._line = StatusLine(stream, True if sink is not None else enabled)
 
     def set_totals(self, *, files: int | None, bytes_: int | None) -> None:
         self.total_files, self.total_bytes = files, bytes_
@@ -58,11 +89,8 @@ class Progress:
         """Count work done; redraw if enough time has passed."""
         self.files += files
         self.bytes += bytes_
-        if self._enabled:
-            now = time.monotonic()
-            if now - self._last_draw >= REDRAW_INTERVAL:
-                self._last_draw = now
-                self._draw()
+        if self._line.due():
+            self._draw()
 
     def _draw(self) -> None:
         files = f"{self.files}" + (f"/{self.total_files}" if self.total_files else "")
@@ -77,17 +105,12 @@ class Progress:
         text = f"{self.label}:{pct} {files} files, {size}"
         if self._sink is not None:
             self._sink(text)
-            return
-        self._stream.write(f"\r\x1b[K{text}")
-        self._stream.flush()
-        self._drawn = True
+        else:
+            self._line.show(text)
 
     def close(self) -> None:
         """Erase the progress line so the caller's summary starts clean."""
-        if self._drawn:
-            self._stream.write("\r\x1b[K")
-            self._stream.flush()
-            self._drawn = False
+        self._line.erase()
 
 
 class ItemsProgress:
@@ -101,18 +124,14 @@ class ItemsProgress:
         self.total = total
         self.done = 0
         self.active: dict[int, str] = {}
-        self._stream = stream if stream is not None else sys.stderr
-        self._enabled = self._stream.isatty() if enabled is None else enabled
-        self._last_draw = 0.0
-        self._drawn = False
+        self._line = StatusLine(stream, enabled)
 
     def update(self, index: int, text: str) -> None:
         """Item *index* reports *text*; redraw if enough time has passed."""
         self.active[index] = text
-        now = time.monotonic()
-        if self._enabled and now - self._last_draw >= REDRAW_INTERVAL:
-            self._last_draw = now
-            self._draw()
+        if self._line.due():
+            parts = [f"{self.label} {self.done}/{self.total} done", *self.active.values()]
+            self._line.show(" | ".join(parts))
 
     def finished(self, index: int) -> None:
         """Item *index* is done; erase the line, so the caller can print its summary."""
@@ -120,16 +139,6 @@ class ItemsProgress:
         self.done += 1
         self.close()
 
-    def _draw(self) -> None:
-        parts = [f"{self.label} {self.done}/{self.total} done", *self.active.values()]
-        width = shutil.get_terminal_size().columns - 1  # a wrapped line cannot be redrawn
-        self._stream.write("\r\x1b[K" + " | ".join(parts)[:width])
-        self._stream.flush()
-        self._drawn = True
-
     def close(self) -> None:
         """Erase the line."""
-        if self._drawn:
-            self._stream.write("\r\x1b[K")
-            self._stream.flush()
-            self._drawn = False
+        self._line.erase()

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 
 import pyfuse3
 import pytest
@@ -65,67 +66,65 @@ class Loop:
         await wait_until(lambda: self.waiter._waiter is not None)
 
 
-async def wait_until(condition: object) -> None:
-    assert callable(condition)
+async def wait_until(condition: Callable[[], bool]) -> None:
     while not condition():
         await trio.sleep(0.001)
 
 
-async def test_every_request_is_served_once_without_blocking(pipe: tuple[int, int]) -> None:
-    read_fd, write_fd = pipe
+@asynccontextmanager
+async def running(read_fd: int, workers: int) -> AsyncIterator[Loop]:
+    """*workers* workers serving *read_fd*, all ended (and the test failed if that takes
+    too long) when the block is left."""
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
             loop = Loop(read_fd)
-            await loop.start(nursery, workers=4)
-            sent = 0
-            for burst in range(300):  # handlers that yield race the waiter for new requests
-                requests = b"yf"[burst % 2 :] * (burst % 5 + 1)
-                os.write(write_fd, requests)
-                sent += len(requests)
-                await trio.sleep(0)
-            await wait_until(lambda: len(loop.served) == sent)
-            loop.waiter.close()
+            await loop.start(nursery, workers)
+            yield loop
+
+
+async def test_every_request_is_served_once_without_blocking(pipe: tuple[int, int]) -> None:
+    read_fd, write_fd = pipe
+    async with running(read_fd, workers=4) as loop:
+        sent = 0
+        for burst in range(300):  # handlers that yield race the waiter for new requests
+            requests = b"yf"[burst % 2 :] * (burst % 5 + 1)
+            os.write(write_fd, requests)
+            sent += len(requests)
+            await trio.sleep(0)
+        await wait_until(lambda: len(loop.served) == sent)
+        loop.waiter.close()
     assert loop.exited == 4
 
 
 async def test_a_suspended_handler_hands_the_fd_to_another_worker(pipe: tuple[int, int]) -> None:
     read_fd, write_fd = pipe
-    with trio.fail_after(DEADLINE):
-        async with trio.open_nursery() as nursery:
-            loop = Loop(read_fd)
-            await loop.start(nursery, workers=3)
-            os.write(write_fd, b"s")  # its handler waits for release_slow
-            await loop.slow_started.wait()
-            os.write(write_fd, b"ff")
-            await wait_until(lambda: loop.served == [b"f", b"f"])  # served while "s" waits
-            loop.release_slow.set()
-            await wait_until(lambda: len(loop.served) == 3)
-            loop.waiter.close()
+    async with running(read_fd, workers=3) as loop:
+        os.write(write_fd, b"s")  # its handler waits for release_slow
+        await loop.slow_started.wait()
+        os.write(write_fd, b"ff")
+        await wait_until(lambda: loop.served == [b"f", b"f"])  # served while "s" waits
+        loop.release_slow.set()
+        await wait_until(lambda: len(loop.served) == 3)
+        loop.waiter.close()
     assert loop.exited == 3
 
 
 async def test_close_stops_every_worker_even_while_one_serves(pipe: tuple[int, int]) -> None:
     read_fd, write_fd = pipe
-    with trio.fail_after(DEADLINE):
-        async with trio.open_nursery() as nursery:
-            loop = Loop(read_fd)
-            await loop.start(nursery, workers=3)
-            os.write(write_fd, b"s")
-            await loop.slow_started.wait()
-            await wait_until(lambda: loop.waiter._waiter is not None)
-            loop.waiter.close()  # what pyfuse3.terminate's caller does
-            loop.release_slow.set()
+    async with running(read_fd, workers=3) as loop:
+        os.write(write_fd, b"s")
+        await loop.slow_started.wait()
+        await wait_until(lambda: loop.waiter._waiter is not None)
+        loop.waiter.close()  # what pyfuse3.terminate's caller does
+        loop.release_slow.set()
     assert loop.exited == 3
 
 
 async def test_the_end_of_the_fd_reaches_every_worker(pipe: tuple[int, int]) -> None:
     """After an unmount the FUSE fd reports an error; each worker in turn must see it."""
     read_fd, write_fd = pipe
-    with trio.fail_after(DEADLINE):
-        async with trio.open_nursery() as nursery:
-            loop = Loop(read_fd)
-            await loop.start(nursery, workers=5)
-            os.close(write_fd)
+    async with running(read_fd, workers=5) as loop:
+        os.close(write_fd)
     assert loop.exited == 5
 
 
