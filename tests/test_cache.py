@@ -419,6 +419,7 @@ def test_new_manifest_is_picked_up_by_a_live_mount(
     mnt = mount.mountpoint
     assert (mnt / "small.txt").read_bytes() == b"hello\n"
     assert (mnt / "fifo").exists()
+    assert "fifo" in os.listdir(mnt)  # listings and attributes are kept per manifest
     big_ino = os.stat(mnt / "big.bin").st_ino
     with open(mnt / "big.bin", "rb") as held:  # an open file keeps its object
         (zoo_tree / "small.txt").write_bytes(b"new base\n")
@@ -430,6 +431,9 @@ def test_new_manifest_is_picked_up_by_a_live_mount(
         assert (mnt / "small.txt").read_bytes() == b"new base\n"
         assert (mnt / "added").read_text() == "added\n"
         assert not (mnt / "fifo").exists()
+        listing = os.listdir(mnt)
+        assert "added" in listing and "fifo" not in listing
+        assert os.stat(mnt / "small.txt").st_size == len(b"new base\n")
         assert held.read() == (tree / "big.bin").read_bytes()
     assert os.stat(mnt / "big.bin").st_ino == big_ino  # unchanged paths keep their inode
     assert site.rootfs("cache", "refresh", str(mnt)).stdout.startswith("unchanged")

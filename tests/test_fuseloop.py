@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 
@@ -40,6 +42,9 @@ class Loop:
         self.fd = fd
         self.waiter = FuseWaiter(fd)
         self.served: list[bytes] = []
+        self.waits: Callable[[], int] = lambda: 0  # a test's count of trio waits begun
+        self.waits_at_serve: list[int] = []  # that count as each request was read
+        self.served_at: list[float] = []
         self.release_slow = trio.Event()
         self.slow_started = trio.Event()
         self.exited = 0
@@ -50,12 +55,14 @@ class Loop:
                 request = os.read(self.fd, 1)
                 if not request:  # the writer went away: pyfuse3 ends on ENODEV the same way
                     return
+                self.waits_at_serve.append(self.waits())
                 if request == b"y":
                     await trio.sleep(0)
                 if request == b"s":
                     self.slow_started.set()
                     await self.release_slow.wait()
                 self.served.append(request)
+                self.served_at.append(time.monotonic())
         finally:
             self.exited += 1
 
@@ -107,6 +114,50 @@ async def test_a_suspended_handler_hands_the_fd_to_another_worker(pipe: tuple[in
         await wait_until(lambda: len(loop.served) == 3)
         loop.waiter.close()
     assert loop.exited == 3
+
+
+async def test_a_request_soon_after_an_answer_is_taken_outside_trio(
+    pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read_fd, write_fd = pipe
+    trio_waits = 0
+    wait_readable = trio.lowlevel.wait_readable
+
+    async def counting(fd: int) -> None:
+        nonlocal trio_waits
+        trio_waits += 1
+        await wait_readable(fd)
+
+    monkeypatch.setattr(trio.lowlevel, "wait_readable", counting)
+    async with running(read_fd, workers=1) as loop:
+        loop.waiter._linger = 0.5  # long, so that a slow machine still makes the window
+        loop.waits = lambda: trio_waits
+        waits_before = trio_waits
+        # The next request comes from another thread 20 ms after the first: the worker, back
+        # from answering, is lingering in select() (which blocks the trio thread) and takes it.
+        later = threading.Timer(0.02, os.write, (write_fd, b"f"))
+        os.write(write_fd, b"f")
+        later.start()
+        await wait_until(lambda: len(loop.served) == 2)
+        later.join()
+        assert loop.waits_at_serve == [waits_before, waits_before]
+        loop.waiter.close()
+
+
+async def test_no_lingering_while_a_handler_is_suspended(pipe: tuple[int, int]) -> None:
+    """A suspended handler's result (a thread's) must not wait for another request."""
+    read_fd, write_fd = pipe
+    async with running(read_fd, workers=2) as loop:
+        loop.waiter._linger = 1.0
+        os.write(write_fd, b"s")
+        await loop.slow_started.wait()
+        start = time.monotonic()
+        os.write(write_fd, b"f")  # served by the other worker, which must then not linger
+        await wait_until(lambda: loop.served == [b"f"])
+        loop.release_slow.set()
+        await wait_until(lambda: len(loop.served) == 2)
+        assert loop.served_at[1] - start < 0.5
+        loop.waiter.close()
 
 
 async def test_close_stops_every_worker_even_while_one_serves(pipe: tuple[int, int]) -> None:

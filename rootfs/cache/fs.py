@@ -2,7 +2,8 @@
 
 What the kernel sees is the manifest: names, types, modes, owners, sizes, mtimes, symlink
 targets, device numbers, xattrs and hardlinks, all answered from memory with long
-entry/attr timeouts. File contents come from the object cache (hit: an inline ``pread``,
+entry/attr timeouts (attributes and directory listings are built once per manifest).
+File contents come from the object cache (hit: an inline ``pread``,
 or bytes read at open for small files); getting them there — fetching, verifying, reading
 ahead — is `fetch.py`'s job, and the blocking calls on SOURCE live in `sourceops.py`.
 
@@ -110,12 +111,15 @@ class Handle:
         return self.opened is None
 
 
+ListedName = tuple[bytes, str, Entry | None, pyfuse3.EntryAttributes]  # name, path, entry, attrs
+
+
 @dataclass
 class Listing:
     """A directory snapshot taken at opendir: readdir offsets index into it, so they stay
     valid even when a new manifest arrives while a listing is in progress."""
 
-    names: list[tuple[bytes, str, Entry | None, pyfuse3.EntryAttributes]]
+    names: list[ListedName]
 
 
 @dataclass
@@ -159,6 +163,10 @@ class CacheFS(pyfuse3.Operations):
         self._live_ino: dict[str, int] = {}
         self._handles: dict[int, Handle] = {}
         self._listings: dict[int, Listing] = {}
+        # Built from the manifest on first use and shared until the next one (`_switch`):
+        # attributes by path, and each directory's listing.
+        self._attr_cache: dict[str, pyfuse3.EntryAttributes] = {}
+        self._dir_cache: dict[str, list[ListedName]] = {}
         self._next_fh = 1
         self._diverged_logged: set[str] = set()
         self._refresh_lock = trio.Lock()
@@ -192,6 +200,16 @@ class CacheFS(pyfuse3.Operations):
         attr.st_blksize = 4096
         attr.st_blocks = -(-entry.size // 4096) * 8
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = entry.mtime_ns
+        return attr
+
+    def _manifest_attrs(self, path: str) -> pyfuse3.EntryAttributes:
+        """The attributes of manifest entry *path*: built once per manifest, shared by every
+        reply (pyfuse3 copies them out), so never to be modified."""
+        attr = self._attr_cache.get(path)
+        if attr is None:
+            tree = self.tree
+            attr = self._entry_attrs(tree.ino[path], tree.manifest.entries[path], tree.links(path))
+            self._attr_cache[path] = attr
         return attr
 
     @staticmethod
@@ -248,13 +266,17 @@ class CacheFS(pyfuse3.Operations):
         entry = self.tree.get(path)
         if entry is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        ino = self.tree.ino[path]
-        return ino, self._entry_attrs(ino, entry, self.tree.links(path)), entry
+        attr = self._manifest_attrs(path)
+        return attr.st_ino, attr, entry
 
     async def _attrs_of(self, node: Node) -> pyfuse3.EntryAttributes:
         if node.gone or (node.entry is not None and not self.is_live(node.path)):
             if node.entry is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
+            if not node.gone and self.tree.get(node.path) is node.entry:
+                attr = self._manifest_attrs(node.path)
+                if attr.st_ino == node.ino:
+                    return attr
             attr = self._entry_attrs(node.ino, node.entry, self.tree.links(node.path))
             if node.gone:
                 attr.st_nlink = 0
@@ -354,14 +376,18 @@ class CacheFS(pyfuse3.Operations):
     @handler
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         node = self._node(inode)
-        names: list[tuple[bytes, str, Entry | None, pyfuse3.EntryAttributes]] = []
+        names: list[ListedName]
         if node.entry is not None and not self.is_live(node.path):
-            for path in self.tree.children.get(node.path, ()):
-                entry = self.tree.manifest.entries[path]
-                ino = self.tree.ino[path]
-                attr = self._entry_attrs(ino, entry, self.tree.links(path))
-                names.append((fs_name(path), path, entry, attr))
+            cached = self._dir_cache.get(node.path)
+            if cached is None:
+                entries = self.tree.manifest.entries
+                cached = self._dir_cache[node.path] = [
+                    (fs_name(path), path, entries[path], self._manifest_attrs(path))
+                    for path in self.tree.children.get(node.path, ())
+                ]
+            names = cached
         else:
+            names = []
             listing = await self._src(sourceops.list_dir, self.source.path(node.path))
             for name, st in listing:
                 path = child_path(node.path, name)
@@ -370,9 +396,7 @@ class CacheFS(pyfuse3.Operations):
                     names.append((name, path, None, self._stat_attrs(ino, st)))
                 else:
                     entry = self.tree.manifest.entries[path]
-                    ino = self.tree.ino[path]
-                    attr = self._entry_attrs(ino, entry, self.tree.links(path))
-                    names.append((name, path, entry, attr))
+                    names.append((name, path, entry, self._manifest_attrs(path)))
         fh = self._new_fh()
         self._listings[fh] = Listing(names)
         return fh
@@ -679,6 +703,7 @@ class CacheFS(pyfuse3.Operations):
         self.live = keep
         self.live_trees = {p for p in self.live_trees if p not in tree.manifest}
         self.tree, self.manifest_digest = tree, digest
+        self._attr_cache, self._dir_cache = {}, {}
         self.fetcher.use_tree(tree)
         changed = 0
         for node in list(self.nodes.values()):
