@@ -85,6 +85,7 @@ def zoo_tree(tmp_path: Path) -> Path:
     file("empty", b"")
     file("small.txt", b"hello\n")
     file("big.bin", random.Random(3).randbytes(ZOO_BIG_SIZE))
+    file("medium.bin", random.Random(4).randbytes(512 << 10))  # the cache verifies it inline
     directory("private", 0o700)
     file("private/secret", b"secret\n", 0o600)
     directory("tmp", 0o1777)

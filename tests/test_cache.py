@@ -284,7 +284,7 @@ def test_read_only_mount_refuses_writes(tree: Path, mount: Mount) -> None:
 def test_bit_flipped_in_cached_object_is_never_served(tree: Path, mount: Mount) -> None:
     """Objects are hashed on each mount's first use: a corrupted one is dropped and refetched."""
     mount.start()
-    wanted = {rel: (tree / rel).read_bytes() for rel in ("big.bin", "small.txt")}
+    wanted = {rel: (tree / rel).read_bytes() for rel in ("big.bin", "medium.bin", "small.txt")}
     for rel in wanted:
         assert (mount.mountpoint / rel).read_bytes() == wanted[rel]
     mount.stop()
@@ -297,7 +297,7 @@ def test_bit_flipped_in_cached_object_is_never_served(tree: Path, mount: Mount) 
     for rel, data in wanted.items():
         assert (mount.mountpoint / rel).read_bytes() == data
     mount.stop()
-    assert mount.counters()["bad_objects"] >= 2
+    assert mount.counters()["bad_objects"] >= 3
 
 
 def test_verify_removes_bad_objects_offline(tree: Path, mount: Mount, site: Site) -> None:

@@ -64,6 +64,7 @@ def expected_zoo(zoo: Path) -> list[Entry]:
         f("/empty", b""),
         f("/small.txt", b"hello\n", mtime_ns=1_000_000_000 * 10**9),
         f("/big.bin", big),
+        f("/medium.bin", (zoo / "medium.bin").read_bytes()),
         d("/private", 0o700),
         f("/private/secret", b"secret\n", 0o600),
         d("/tmp", 0o1777),

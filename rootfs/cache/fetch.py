@@ -1,11 +1,11 @@
 """Getting file contents into the local cache: fetch on a miss, verify, read ahead, prefetch.
 
 The filesystem (`fs.py`) asks `Fetcher.open_cached` for a file's object. A cached object is
-served once it is known good: small ones are re-hashed as they are read at open, large ones
-are hashed in a thread on their first open in this mount. A missing one is fetched from SOURCE
-in a thread, hashed while copied, and admitted (renamed into ``objects/``) only if the hash
-matches the manifest; otherwise the path has diverged and SOURCE serves it as it is. One task
-at a time works on a digest; others wait for it.
+served once it is known good: small ones are re-hashed as they are read at open, larger ones
+are hashed on their first open in this mount (in a thread above a MiB). A missing one is
+fetched from SOURCE in a thread, hashed while copied, and admitted (renamed into
+``objects/``) only if the hash matches the manifest; otherwise the path has diverged and
+SOURCE serves it as it is. One task at a time works on a digest; others wait for it.
 
 Background fetches fill the cache ahead of readers: read-ahead takes a directory's other files
 after its first miss, prefetch takes the previous mount's boot set. Neither ever causes an
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 SMALL = 128 << 10  # objects up to this size are read whole at open and served from memory
+INLINE_VERIFY = 1 << 20  # hashed in the trio thread up to this size: about as long as the hop
+# to a worker thread would take, and the reader waits for it either way
 READAHEAD_MAX = 16 << 20  # larger files are fetched only when opened
 
 
@@ -114,7 +116,7 @@ class Fetcher:
                         self._note_boot(digest)
                         return opened
                     continue
-                await self._guarded(digest, self._verify(digest))
+                await self._guarded(digest, self._verify(digest, size))
                 continue
             self._read_ahead(path)
             fetched_here = await self._guarded(digest, self._fetch(path, digest, size))
@@ -154,12 +156,15 @@ class Fetcher:
         self.cache.pin(digest)
         return Opened(digest, fd=fd)
 
-    async def _verify(self, digest: str) -> None:
+    async def _verify(self, digest: str, size: int) -> None:
+        path = self.cache.object_path(digest)
         good = False
         try:
-            good = (
-                await trio.to_thread.run_sync(hash_file, self.cache.object_path(digest)) == digest
-            )
+            # The object's own size, not the manifest's: a corrupted object may be longer.
+            if size <= INLINE_VERIFY and os.stat(path).st_size <= INLINE_VERIFY:
+                good = hash_file(path) == digest
+            else:
+                good = await trio.to_thread.run_sync(hash_file, path) == digest
         except FileNotFoundError:
             self.cache.discard(digest)
             return
