@@ -118,6 +118,9 @@ class State:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.store = Store(root / "store")
+        # Generations this process wrote or read: `base update` imports one and then composes
+        # every host from it, which need not parse it back from disk. Never modified.
+        self._generations: dict[tuple[str, int], Manifest] = {}
 
     # ---------------------------------------------------------------- lock
 
@@ -188,7 +191,12 @@ class State:
         return [self.generation(base, n) for n in numbers]
 
     def load_generation(self, gen: Generation) -> Manifest:
-        return load_manifest(self.base_dir(gen.base) / f"{gen.number}.manifest")
+        key = (gen.base, gen.number)
+        manifest = self._generations.get(key)
+        if manifest is None:
+            manifest = load_manifest(self.base_dir(gen.base) / f"{gen.number}.manifest")
+            self._generations[key] = manifest
+        return manifest
 
     def add_generation(
         self, base: str, manifest: Manifest, *, source: str, previous: Manifest | None = None
@@ -215,6 +223,7 @@ class State:
         atomic_write_bytes(directory / f"{gen.number}.manifest", data)
         atomic_write_bytes(directory / f"{gen.number}.json", json.dumps(asdict(gen)).encode())
         atomic_write_bytes(directory / "current", f"{gen.number}\n".encode())
+        self._generations[(base, gen.number)] = manifest
         return gen
 
     def set_current(self, base: str, number: int) -> Generation:
@@ -226,6 +235,7 @@ class State:
     def delete_generation(self, gen: Generation) -> None:
         """Forget a generation (never the current one; GC decides which)."""
         directory = self.base_dir(gen.base)
+        self._generations.pop((gen.base, gen.number), None)
         for suffix in (".manifest.cache", ".manifest", ".json"):
             (directory / f"{gen.number}{suffix}").unlink(missing_ok=True)
 

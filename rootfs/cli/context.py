@@ -16,6 +16,7 @@ class Context:
 
     cli_site: Path | None
     _site: Site | None = field(default=None, init=False)
+    _state: State | None = field(default=None, init=False)
 
     @property
     def site_dir(self) -> Path:
@@ -28,9 +29,12 @@ class Context:
         return self._site
 
     def reload(self) -> Site:
-        self._site = None
+        self._site = self._state = None
         return self.site
 
     @property
     def state(self) -> State:
-        return State(self.site.config.state_dir)
+        """One State per command: it remembers the generations it wrote or read."""
+        if self._state is None:
+            self._state = State(self.site.config.state_dir)
+        return self._state
