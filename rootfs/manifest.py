@@ -200,9 +200,9 @@ def _format_xattrs(xattrs: Xattrs) -> str:
 # The trees of many hosts share almost all their entries, so both directions are memoised:
 # a build of N hosts formats each shared line once, and reading N applied manifests parses
 # each shared line once (the others are one dict lookup, and the same Entry object).
-# Lines are found by the entry's id, not its value: hashing a ten-field tuple for every entry
-# of every host's manifest cost more than formatting it once. The memo holds each entry it
-# names, so an id found there cannot have been reused by another object.
+# Lines are found by the entry's id, not its value: hashing a ten-field tuple at every lookup
+# was a good part of serialize()'s time. The memo holds each entry it names, so an id found
+# there cannot have been reused by another object.
 _LINES: dict[int, tuple[Entry, str]] = {}
 _ENTRIES: dict[str, Entry] = {}
 _MEMO_MAX = 1 << 18  # entries per memo, cleared when full: about 100 MB at worst

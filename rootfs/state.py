@@ -119,8 +119,9 @@ class State:
         self.root = root
         self.store = Store(root / "store")
         # Generations this process wrote or read: `base update` imports one and then composes
-        # every host from it, which need not parse it back from disk. Never modified.
-        self._generations: dict[tuple[str, int], Manifest] = {}
+        # every host from it, which need not parse it back from disk. Never modified. Keyed
+        # by digest too: a number freed by GC may be given to a new generation later.
+        self._generations: dict[tuple[str, int, str], Manifest] = {}
 
     # ---------------------------------------------------------------- lock
 
@@ -191,7 +192,7 @@ class State:
         return [self.generation(base, n) for n in numbers]
 
     def load_generation(self, gen: Generation) -> Manifest:
-        key = (gen.base, gen.number)
+        key = (gen.base, gen.number, gen.digest)
         manifest = self._generations.get(key)
         if manifest is None:
             manifest = load_manifest(self.base_dir(gen.base) / f"{gen.number}.manifest")
@@ -223,7 +224,7 @@ class State:
         atomic_write_bytes(directory / f"{gen.number}.manifest", data)
         atomic_write_bytes(directory / f"{gen.number}.json", json.dumps(asdict(gen)).encode())
         atomic_write_bytes(directory / "current", f"{gen.number}\n".encode())
-        self._generations[(base, gen.number)] = manifest
+        self._generations[(base, gen.number, gen.digest)] = manifest
         return gen
 
     def set_current(self, base: str, number: int) -> Generation:
@@ -235,7 +236,7 @@ class State:
     def delete_generation(self, gen: Generation) -> None:
         """Forget a generation (never the current one; GC decides which)."""
         directory = self.base_dir(gen.base)
-        self._generations.pop((gen.base, gen.number), None)
+        self._generations.pop((gen.base, gen.number, gen.digest), None)
         for suffix in (".manifest.cache", ".manifest", ".json"):
             (directory / f"{gen.number}{suffix}").unlink(missing_ok=True)
 
