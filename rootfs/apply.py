@@ -24,15 +24,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rootfs import renames
 from rootfs.errors import UserError
-from rootfs.fsmeta import set_fd_metadata, set_path_metadata
+from rootfs.fsmeta import read_xattrs, set_fd_metadata, set_path_metadata
 from rootfs.manifest import DIR, FILE, Entry
 from rootfs.plan import Action, Op, Plan
-from rootfs.store import Store, make_node
+from rootfs.store import Store, hash_file, make_node
 
 MODES = ("auto", "copy", "reflink", "hardlink")
 FICLONE = 0x40049409  # linux/fs.h _IOW(0x94, 9, int)
 SCRATCH = ".rootfs"
+# renameat2 errors that mean "not here" (old C library, a filesystem without the flags),
+# after which an apply keeps inodes by hardlink instead.
+_NO_RENAMEAT2 = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
 
 
 def tree_path(root: Path | str, path: str) -> str:
@@ -87,6 +91,19 @@ def _copy_into(src_fd: int, dst_fd: int, size: int) -> None:
         remaining -= copied
 
 
+def _holds(target: str, st: os.stat_result, entry: Entry) -> bool:
+    """Whether the file at *target* (stat *st*) already is *entry*: metadata and content."""
+    return (
+        stat.S_ISREG(st.st_mode)
+        and st.st_size == entry.size
+        and st.st_mtime_ns == entry.mtime_ns
+        and stat.S_IMODE(st.st_mode) == entry.mode
+        and (st.st_uid, st.st_gid) == (entry.uid, entry.gid)
+        and read_xattrs(target) == entry.xattrs
+        and hash_file(target) == entry.digest
+    )
+
+
 @dataclass
 class ApplyStats:
     """What an apply did, for the build summary."""
@@ -115,6 +132,7 @@ class Applier:
         self._scratch_prefix = f"{self.scratch}/{os.getpid()}."
         self._counter = 0
         self._attic_ready = False
+        self._exchange_ok = renames.supported()  # until a filesystem says otherwise
 
     def prepare(self) -> None:
         """Create the tree root and an empty scratch directory (leftovers are garbage)."""
@@ -122,20 +140,28 @@ class Applier:
             shutil.rmtree(self.scratch)
         self.scratch.mkdir(parents=True, mode=0o700)
 
-    def _keep_in_attic(self, path: str) -> None:
-        """Hardlink the regular file at *path* into the attic before it goes away.
+    def _attic_slot(self, path: str) -> str | None:
+        """Where the inode now at *path* goes when this apply replaces or removes it, or
+        None when it need not be kept.
 
         The attic is flat (one directory per host and apply, names are the escaped
         paths): creating a directory tree per update cost more than the update.
         """
         if self.attic is None or path not in self.preserve:
-            return
+            return None
         if not self._attic_ready:
             os.makedirs(self.attic, exist_ok=True)
             self._attic_ready = True
-        kept = f"{self.attic}/{attic_name(path)}"
+        return f"{self.attic}/{attic_name(path)}"
+
+    def _keep_in_attic(self, path: str) -> None:
+        """Hardlink the file at *path* into its attic slot before it goes away (the way
+        for a filesystem without RENAME_EXCHANGE, and for LINK and node replacements)."""
+        slot = self._attic_slot(path)
+        if slot is None:
+            return
         try:
-            os.link(tree_path(self.root, path), kept, follow_symlinks=False)
+            os.link(tree_path(self.root, path), slot, follow_symlinks=False)
         except FileExistsError:
             pass  # a replay after a crash: already kept
         except FileNotFoundError:
@@ -188,14 +214,16 @@ class Applier:
             return tmp
 
     def _remove(self, op: Op) -> None:
-        self._keep_in_attic(op.path)
         target = tree_path(self.root, op.path)
         try:
             st = os.lstat(target)
         except FileNotFoundError:
             return
         if not stat.S_ISDIR(st.st_mode):
-            os.unlink(target)
+            slot = self._attic_slot(op.path)
+            if slot is None or not self._move_to_attic(target, slot):
+                self._keep_in_attic(op.path)
+                os.unlink(target)
             return
         try:
             os.rmdir(target)
@@ -203,6 +231,38 @@ class Applier:
             if exc.errno != errno.ENOTEMPTY:
                 raise
             self._move_aside(target, op.path)
+
+    def _move_to_attic(self, target: str, slot: str) -> bool:
+        """Keep the inode and remove the path in one rename; False where renameat2 cannot."""
+        if not self._exchange_ok:
+            return False
+        try:
+            self._into_free_slot(lambda name: renames.rename_noreplace(target, name), slot)
+        except FileNotFoundError:
+            return True  # removed meanwhile: nothing to keep
+        except OSError as exc:
+            if exc.errno not in _NO_RENAMEAT2:
+                raise
+            self._exchange_ok = False
+            return False
+        self.stats.kept_in_attic += 1
+        return True
+
+    @staticmethod
+    def _into_free_slot(make: Callable[[str], None], slot: str) -> str:
+        """Run *make* on the attic *slot*, or on ``slot~1``, ``slot~2``... while taken.
+
+        A slot is taken only when an interrupted apply is replayed; whatever it holds
+        stays there (it may be the inode a running client has open).
+        """
+        name, n = slot, 0
+        while True:
+            try:
+                make(name)
+                return name
+            except FileExistsError:
+                n += 1
+                name = f"{slot}~{n}"
 
     def _move_aside(self, target: str, path: str) -> None:
         """A directory to remove still holds host-local files: keep them, out of the way."""
@@ -235,13 +295,13 @@ class Applier:
             os.rename(tmp, target)
 
     def _put(self, op: Op) -> None:
-        self._keep_in_attic(op.path)
         entry, target = op.entry, tree_path(self.root, op.path)
+        if entry.kind == FILE:
+            self._put_file(entry, target, op.path)  # keeps the old inode its own way
+            return
+        self._keep_in_attic(op.path)
         if entry.kind == DIR:
             self._ensure_dir(target)
-            return
-        if entry.kind == FILE:
-            self._put_file(entry, target)
             return
         if self.mode == "hardlink":
             source = self.store.node_source(entry)
@@ -260,15 +320,26 @@ class Applier:
                 os.mkdir(target, 0o700)
         # Final mode, owner and mtime come with the DIR_META operation.
 
-    def _put_file(self, entry: Entry, target: str) -> None:
+    def _put_file(self, entry: Entry, target: str, path: str) -> None:
         if self.mode == "hardlink":
+            self._keep_in_attic(path)
             source = self.store.link_source(entry)
             self._install(self._create(lambda p: os.link(source, p), target), target)
             return
+        slot = self._attic_slot(path)
+        if slot is not None and self._exchange_ok:
+            self._replace_keeping(entry, target, slot)
+            return
+        self._keep_in_attic(path)
         tmp = self._tmp()
+        self._write_file(entry, tmp)
+        self._install(tmp, target)
+
+    def _write_file(self, entry: Entry, name: str) -> None:
+        """Create *name* (which must not exist) with *entry*'s content and metadata."""
         src = os.open(self.store.object_path(entry.digest), os.O_RDONLY | os.O_CLOEXEC)
         try:
-            dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            dst = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
                 if self.mode == "reflink":
                     fcntl.ioctl(dst, FICLONE, src)
@@ -280,7 +351,49 @@ class Applier:
         finally:
             os.close(src)
         self.stats.bytes_written += entry.size
-        self._install(tmp, target)
+
+    def _replace_keeping(self, entry: Entry, target: str, slot: str) -> None:
+        """Write the new file at its attic slot and swap it with *target*: the path goes
+        from the old inode to the new one atomically, and the old inode stays in the attic
+        for clients that hold it. Cheaper than hardlinking the old inode there and renaming
+        a new file over the path: a swap drops no link count (measured here: 70-115 us a
+        file against 113-500 us, most of it the replacing rename)."""
+        try:
+            st = os.lstat(target)
+        except FileNotFoundError:
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            # Not what the plan expected: a directory in the way, and no file to keep.
+            tmp = self._tmp()
+            self._write_file(entry, tmp)
+            self._install(tmp, target)
+            return
+        name = slot
+        try:
+            self._write_file(entry, slot)
+        except FileExistsError:  # only when an interrupted apply is replayed
+            if st is not None and _holds(target, st, entry):
+                return  # the swap was done before the crash
+            name = self._into_free_slot(lambda n: self._write_file(entry, n), slot)
+        if st is None:
+            os.rename(name, target)  # nothing to keep: the host removed it
+            return
+        try:
+            renames.exchange(name, target)
+        except FileNotFoundError:
+            os.rename(name, target)  # removed meanwhile
+            return
+        except OSError as exc:
+            if exc.errno not in _NO_RENAMEAT2:
+                raise
+            # This filesystem cannot swap: move the new file to scratch, keep by hardlink.
+            self._exchange_ok = False
+            tmp = self._tmp()
+            os.rename(name, tmp)
+            self._keep_in_attic(entry.path)
+            self._install(tmp, target)
+            return
+        self.stats.kept_in_attic += 1
 
     def _link(self, op: Op) -> None:
         self._keep_in_attic(op.path)

@@ -11,22 +11,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-import xxhash
-
 from rootfs.apply import SCRATCH, tree_path
 from rootfs.fsmeta import entry_from_stat, kind_of, read_xattrs
 from rootfs.manifest import FILE, SYMLINK, Entry, Manifest
-
-_CHUNK = 1 << 20
-
-
-def hash_file(path: str) -> str:
-    """xxh3-128 of a file's content."""
-    hasher = xxhash.xxh3_128()
-    with open(path, "rb", buffering=0) as f:
-        while chunk := f.read(_CHUNK):
-            hasher.update(chunk)
-    return str(hasher.hexdigest())
+from rootfs.store import hash_file
 
 
 def read_entry(

@@ -46,6 +46,15 @@ def hash_bytes(data: bytes) -> str:
     return xxhash.xxh3_128_hexdigest(data)
 
 
+def hash_file(path: str) -> str:
+    """xxh3-128 hex digest of the file at *path*: the name of an object with its content."""
+    hasher = xxhash.xxh3_128()
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(CHUNK):
+            hasher.update(chunk)
+    return str(hasher.hexdigest())
+
+
 def _libc_syncfs() -> Callable[[int], int] | None:
     # CDLL(None) sees the symbols the interpreter already links, libc among them;
     # ctypes.util.find_library would run ldconfig in a subprocess on every start.
