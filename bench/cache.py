@@ -20,6 +20,10 @@ after remount, warm second read); ``rootfs cache verify`` throughput; the warm `
 with pyfuse3's own request loop (``ROOTFS_FUSE_LOOP``), to show what rootfs.cache.fuseloop
 saves, and on a ``--read-only`` mount.
 
+Also, first: what one FUSE request costs here at all, a loop of readlink(2) natively, through
+bindfs, and through bindfs with both sides pinned to one CPU (the difference is the wake-up of
+a sleeping CPU, which bounds every FUSE figure on a virtual machine).
+
 Two tar variants: ``tar -cf /dev/null`` (what the issue names; GNU tar notices the /dev/null
 archive and never reads file contents, so it measures lookups and stats), and
 ``tar -cf - | cat >/dev/null``, which reads every byte.
@@ -32,6 +36,7 @@ tree sits in the page cache, as it would on a fast NFS server. Run: ``python -m 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import shutil
@@ -77,6 +82,45 @@ def tar_read(root: Path) -> None:
     subprocess.run(
         f"tar -C '{root}' -cf - . | cat >/dev/null", shell=True, check=True, executable="/bin/bash"
     )
+
+
+READLINKS = 20_000
+# Each readlink(2) of a symlink whose entry the kernel holds is one FUSE request and reply
+# (no FUSE filesystem here asks the kernel to cache symlinks).
+READLINK_LOOP = f"import os\nfor _ in range({READLINKS}): os.readlink({{path!r}})"
+
+
+def readlinks(path: Path, cpu: int | None = None) -> None:
+    """`READLINKS` readlink calls on *path* from a fresh Python (pinned to *cpu* if given)."""
+    pin = [] if cpu is None else ["taskset", "-c", str(cpu)]
+    run([*pin, sys.executable, "-c", READLINK_LOOP.format(path=str(path))])
+
+
+def round_trips(work: Path, runs: int) -> dict[str, Timing]:
+    """What one FUSE request costs on this machine, whatever serves it: a readlink loop
+    natively, through bindfs, and through bindfs with bindfs and the caller on one CPU.
+
+    The last shows how much of a request is the wake-up of the other side on another CPU;
+    every FUSE figure of this benchmark is bounded by it, not by any filesystem's own code.
+    """
+    source = work / "rt-source"
+    source.mkdir()
+    (source / "link").symlink_to("target")
+    results = {"native": measure("readlink native", on(readlinks, source / "link"), runs=runs)}
+    for label, cpu in (("bindfs", None), ("bindfs one CPU", 0)):
+        mountpoint = work / f"mnt-rt-{len(results)}"
+        pin = [] if cpu is None else ["taskset", "-c", str(cpu)]
+        options = "entry_timeout=3600,attr_timeout=3600"
+        mounted = Mounted(
+            [*pin, "bindfs", "-f", "-o", options, str(source), str(mountpoint)], mountpoint
+        )
+        try:
+            os.readlink(mountpoint / "link")  # the entry, looked up once
+            loop = on(functools.partial(readlinks, cpu=cpu), mountpoint / "link")
+            results[label] = measure(f"readlink {label}", loop, runs=runs)
+        finally:
+            mounted.close()
+    return results
 
 
 def read_big(path: Path) -> None:
@@ -171,7 +215,9 @@ def bench(work: Path, base: Path, runs: int, rootfs: str) -> None:
         """A measure() setup that mounts before each run (`teardown` unmounts after it)."""
         return lambda i: holder.append(mount())
 
-    results: dict[str, Timing] = {}
+    results: dict[str, Timing] = {
+        f"{READLINKS} readlinks {k}": t for k, t in round_trips(work, runs).items()
+    }
     bindfs = bindfs_mount(tree, work / "mnt-bind")
     try:
         for name, op in (("tar -cf /dev/null", tar_stat), ("tar | cat", tar_read)):
@@ -316,7 +362,12 @@ def bench(work: Path, base: Path, runs: int, rootfs: str) -> None:
         return Row(timing, None, f">= {floor:g} GB/s (got {gbs:.2f})", gbs >= floor)
 
     verify_bytes = tree_bytes + BIG
-    rows = []
+    rt = f"{READLINKS} readlinks"
+    rows = [
+        row(f"{rt} native"),
+        row(f"{rt} bindfs", f"{rt} native"),
+        row(f"{rt} bindfs one CPU", f"{rt} native"),
+    ]
     for name in ("tar -cf /dev/null", "tar | cat"):
         native, bindfs_same, bindfs_fresh = (
             f"{name} {k}" for k in ("native", "bindfs", "bindfs fresh")
@@ -346,6 +397,14 @@ def bench(work: Path, base: Path, runs: int, rootfs: str) -> None:
     files = sum(1 for _ in tree.rglob("*"))
     print(f"\ntree: {tree_bytes / 1e6:.0f} MB in {files} entries; medians of {runs} runs\n")
     print(format_table(rows))
+    per_request = {
+        k: (results[f"{rt} {k}"].median - results[f"{rt} native"].median) / READLINKS * 1e6
+        for k in ("bindfs", "bindfs one CPU")
+    }
+    print(
+        f"\none FUSE request (bindfs readlink, over native): {per_request['bindfs']:.0f} us;"
+        f" {per_request['bindfs one CPU']:.0f} us with bindfs and its caller on one CPU"
+    )
 
 
 if __name__ == "__main__":
