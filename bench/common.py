@@ -60,6 +60,16 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+@dataclass(frozen=True)
+class Contender:
+    """One operation to time: ``fn(i)`` for run *i*, with untimed *setup* and *teardown*."""
+
+    label: str
+    fn: Callable[[int], object]
+    setup: Callable[[int], object] | None = None
+    teardown: Callable[[int], object] | None = None
+
+
 def measure(
     label: str,
     fn: Callable[[int], object],
@@ -76,24 +86,36 @@ def measure(
     sync, and what it leaves dirty is not waited for (as for any command run interactively).
     *setup* and *teardown* run around each call, untimed.
     """
-    samples: list[float] = []
+    return measure_rounds([Contender(label, fn, setup, teardown)], runs=runs, warmup=warmup)[0]
+
+
+def measure_rounds(
+    contenders: Sequence[Contender], *, runs: int, warmup: bool = True
+) -> list[Timing]:
+    """Like `measure` for several contenders at once, taking turns: round i times each once.
+
+    A machine drifts during a benchmark (its page cache fills, a filesystem that has just
+    freed many inodes searches longer for a free one), so contenders measured one after the
+    other would each meet a different machine; taking turns spreads the drift over all.
+    """
+    samples: list[list[float]] = [[] for _ in contenders]
     for i in range(-1 if warmup else 0, runs):
-        if setup is not None:
-            setup(i)
-        # Flush what earlier runs (and teardown) left dirty, so no one pays for another's writeback.
-        os.sync()
-        start = time.perf_counter()
-        fn(i)
-        elapsed = time.perf_counter() - start
-        if teardown is not None:
-            teardown(i)
-        if i >= 0:
-            samples.append(elapsed)
-        print(
-            f"  {label}: {'warm-up' if i < 0 else f'run {i + 1}/{runs}'} {elapsed:.3f} s",
-            file=sys.stderr,
-        )
-    return Timing(label, tuple(samples))
+        for contender, taken in zip(contenders, samples, strict=True):
+            if contender.setup is not None:
+                contender.setup(i)
+            # Flush what earlier runs (and teardown) left dirty: no one pays for another's
+            # writeback.
+            os.sync()
+            start = time.perf_counter()
+            contender.fn(i)
+            elapsed = time.perf_counter() - start
+            if contender.teardown is not None:
+                contender.teardown(i)
+            if i >= 0:
+                taken.append(elapsed)
+            run_name = "warm-up" if i < 0 else f"run {i + 1}/{runs}"
+            print(f"  {contender.label}: {run_name} {elapsed:.3f} s", file=sys.stderr)
+    return [Timing(c.label, tuple(t)) for c, t in zip(contenders, samples, strict=True)]
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 On a Debian minbase, N hosts (default 50) are built in copy mode. A second generation simulates a
 package upgrade: 200 files under /usr rewritten, 20 added, 20 removed. Each timed run moves every
-host to the other generation (so runs alternate v1 -> v2 -> v1 ...), measured side by side:
+host to the other generation (so runs alternate v1 -> v2 -> v1 ...), and the contenders take
+turns, one run each per round (`bench.common.measure_rounds`):
 
 - ``rootfs base update debian vX``: import plus an incremental apply to all N hosts;
 - ``rsync -aHAX --delete vX/ tree/`` for each of N peer trees (plain copies of the base);
@@ -34,7 +35,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import REPO, Row, Timing, format_table, measure, run
+from bench.common import REPO, Contender, Row, Timing, format_table, measure_rounds, run
 from rootfs import renames
 
 DEFAULT_BASE = Path("/var/cache/rootfs-dev/base-bookworm")
@@ -221,19 +222,23 @@ def main(argv: list[str] | None = None) -> int:
         changed = bench.prepare()
         n = opts.hosts
         print(f"{n} hosts; each update changes {changed / 2**20:.1f} MiB per host", file=sys.stderr)
-        ours = measure(f"rootfs base update ({n} hosts)", bench.rootfs_update, runs=opts.runs)
-        peer = measure(f"rsync -aHAX --delete x {n}", bench.rsync_loop, runs=opts.runs)
-        # The rsync loop leaves the peers at the last run's generation; the floor goes on
-        # alternating from there.
-        floor = measure(
-            f"floor: file operations only x {n}",
-            lambda i: bench.floor(i + opts.runs + 1),
+        # Round i: rootfs moves its hosts to source(i); rsync moves the peer trees to
+        # source(2i), the floor moves them on to source(2i + 1).
+        ours, peer, floor = measure_rounds(
+            [
+                Contender(f"rootfs base update ({n} hosts)", bench.rootfs_update),
+                Contender(f"rsync -aHAX --delete x {n}", lambda i: bench.rsync_loop(2 * i)),
+                Contender(
+                    f"floor: file operations only x {n}",
+                    lambda i: bench.floor(2 * i + 1),
+                    teardown=bench.clear_attic,
+                ),
+            ],
             runs=opts.runs,
-            teardown=bench.clear_attic,
         )
         for k, peer_tree in enumerate(bench.peers):  # the floor really did the update
             for rel in bench.paths:
-                want = bench.source(2 * opts.runs) / rel  # the floor's last run
+                want = bench.source(2 * (opts.runs - 1) + 1) / rel  # the floor's last run
                 got = peer_tree / rel
                 if want.exists() != got.exists() or (
                     want.exists() and want.read_bytes() != got.read_bytes()

@@ -202,7 +202,9 @@ def _format_xattrs(xattrs: Xattrs) -> str:
 # each shared line once (the others are one dict lookup, and the same Entry object).
 # Lines are found by the entry's id, not its value: hashing a ten-field tuple at every lookup
 # was a good part of serialize()'s time. The memo holds each entry it names, so an id found
-# there cannot have been reused by another object.
+# there cannot have been reused by another object. A formatted line also enters the parse
+# memo, so the applied manifests a base update reads back share the Entry objects of the
+# generation it just wrote, and comparing them is mostly identity checks.
 _LINES: dict[int, tuple[Entry, str]] = {}
 _ENTRIES: dict[str, Entry] = {}
 _MEMO_MAX = 1 << 18  # entries per memo, cleared when full: about 100 MB at worst
@@ -217,6 +219,10 @@ def format_entry(entry: Entry) -> str:
         _LINES.clear()
     line = _format_entry(entry)
     _LINES[id(entry)] = (entry, line)
+    if entry.path[:1] == "/":  # what parse() would accept, and then return
+        if len(_ENTRIES) >= _MEMO_MAX:
+            _ENTRIES.clear()
+        _ENTRIES.setdefault(line, entry)
     return line
 
 
@@ -397,7 +403,8 @@ def diff(old: Manifest, new: Manifest, *, ignore_dir_mtime: bool = False) -> lis
     barely differ costs one pass of tuple comparisons.
     """
     old_entries, new_entries = old.entries, new.entries
-    differing = [p for p, e in new_entries.items() if old_entries.get(p) != e]
+    # Manifests of one process share Entry objects (see the memos above): identity first.
+    differing = [p for p, e in new_entries.items() if (o := old_entries.get(p)) is not e and o != e]
     differing += [p for p in old_entries if p not in new_entries]
     changes = []
     for path in sorted(differing):
