@@ -231,10 +231,7 @@ def _scan_directory(
                 new_bytes += stored.size
             if st.st_nlink > 1:
                 inodes[key] = (stored, [path])
-        entry = entries[path]._replace(data=stored.digest, size=stored.size)
-        # Unchanged since the previous generation: share its object (cheaper to compare, and
-        # format, in every manifest composed from this one).
-        entries[path] = ref if ref is not None and ref == entry else entry
+        entries[path] = entries[path]._replace(data=stored.digest, size=stored.size)
         if progress is not None:
             progress.advance(1, done)
     _link_groups(entries, [members for _, members in inodes.values()])
