@@ -23,7 +23,7 @@ import xxhash
 
 from rootfs import disk, forked
 from rootfs.apply import SCRATCH, Applier, ApplyStats, resolve_mode
-from rootfs.compose import compose
+from rootfs.compose import Layer, compose
 from rootfs.conflicts import NEW_SUFFIX, Hold, Reconciled, candidate_paths, reconcile
 from rootfs.durable import atomic_write_bytes
 from rootfs.errors import UserError
@@ -47,6 +47,7 @@ class Desired:
     host: Host
     generation: Generation
     manifest: Manifest
+    layers: tuple[Layer, ...] = ()  # the host's rendered overlays, in order
 
 
 @dataclass
@@ -110,13 +111,15 @@ class Builder:
         self._fingerprints[name] = listing
         return listing
 
-    def inputs_digest(self, host: Host, mode: str) -> str:
-        """A digest of everything *host*'s tree is composed from.
+    def inputs_digest(self, host: Host, mode: str, gen: Generation | None = None) -> str:
+        """A digest of everything *host*'s tree is composed from (with the current
+        generation of its base, or *gen*).
 
         When it equals the one recorded at the last apply (and no apply was
         interrupted), the tree is up to date without reading any manifest.
         """
-        gen = self.state.require_current(host.base)
+        if gen is None:
+            gen = self.state.require_current(host.base)
         inputs = {
             "generation": gen.digest,
             "overlays": [self._overlay_fingerprint(o) for o in host.overlays],
@@ -133,13 +136,15 @@ class Builder:
             for host in hosts:
                 gen = self.state.require_current(host.base)
                 context = self.site.template_context(host)
-                layers = [renderer.render(self._overlay(o), context) for o in host.overlays]
-                result.append(Desired(host, gen, compose(self._base(gen), layers)))
+                layers = tuple(renderer.render(self._overlay(o), context) for o in host.overlays)
+                result.append(Desired(host, gen, compose(self._base(gen), layers), layers))
             if not store_objects:
                 batch.abort()
         return result
 
-    def reconcile_host(self, desired: Desired, *, repair: bool = False) -> Reconciled:
+    def reconcile_host(
+        self, desired: Desired, *, mode: str | None = None, repair: bool = False
+    ) -> Reconciled:
         """The plan for one host: base changes, minus what the host changed itself.
 
         With *repair*, the disk's real state is the starting point and every
@@ -150,13 +155,39 @@ class Builder:
         if repair:
             applied = disk.read_tree(root, desired.manifest)
             return reconcile(applied, desired.manifest, {}, {}, self.site.config.update)
-        applied = self.state.applied_manifest(name) or Manifest({})
         holds = self.state.holds(name)
+        recomposed = None if holds else self._recomposed(desired, mode or desired.host.mode)
+        if recomposed is not None:
+            applied = recomposed
+        else:
+            applied = self.state.applied_manifest(name) or Manifest({})
         changes = diff(applied, desired.manifest)
         on_disk = disk.read_paths(root, candidate_paths(changes), applied)
         return reconcile(
             applied, desired.manifest, on_disk, holds, self.site.config.update, changes=changes
         )
+
+    def _recomposed(self, desired: Desired, mode: str) -> Manifest | None:
+        """What the last apply left in the host's tree, composed again instead of read back.
+
+        When only the generation changed since that apply (the same layers and mode; the
+        caller checks that the host holds nothing of its own), the tree then applied is the
+        old generation composed with this build's layers. That costs what the layers change,
+        where reading the recorded manifest costs what the whole base does: the difference
+        between a base update proportional to the change and one proportional to hosts times
+        base size. The recorded manifest's digest must match, or None (read it instead).
+        """
+        record = self.state.host_record(desired.host.name)
+        if record is None or record.base != desired.generation.base or not record.inputs:
+            return None
+        try:
+            old = self.state.generation(record.base, record.generation)
+            if record.inputs != self.inputs_digest(desired.host, mode, old):
+                return None
+            again = compose(self._base(old), desired.layers)
+        except UserError:  # the generation is gone, or the layers no longer fit it
+            return None
+        return again if manifest_digest(serialize(again)) == record.manifest_digest else None
 
     def build(
         self,
@@ -297,9 +328,9 @@ class Builder:
                 self._run(host, journal, progress=progress, report=report)
                 self._finish()
                 recovered = True
-        rec = self.reconcile_host(desired, repair=repair)
-        plan = rec.plan
         chosen = mode if mode is not None else host.mode
+        rec = self.reconcile_host(desired, mode=chosen, repair=repair)
+        plan = rec.plan
         record = self.state.host_record(host.name)
         if dry_run:
             return HostResult(

@@ -37,10 +37,12 @@ starting with ``#`` are comments.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from functools import cached_property
+from typing import Literal, NamedTuple, TypeVar, overload
 
 import xxhash
 
@@ -61,6 +63,7 @@ KIND_NAMES = {
 }
 
 Xattrs = tuple[tuple[str, bytes], ...]
+_T = TypeVar("_T")
 
 
 class Entry(NamedTuple):
@@ -140,6 +143,32 @@ class Manifest:
     def get(self, path: str) -> Entry | None:
         return self.entries.get(path)
 
+    @cached_property
+    def paths(self) -> list[str]:
+        """Every path, in order (for bisecting: what lies under a directory)."""
+        return list(self.entries)
+
+    def link_members(self, link: str) -> list[str]:
+        """The paths of the hardlink group named *link* (its first path), in order."""
+        entries = self.entries
+        if isinstance(entries, Overlaid):
+            candidates = set(entries.base.link_members(link))
+            candidates.update(
+                p for p, e in entries.changes.items() if e is not None and e.link == link
+            )
+            return sorted(
+                p for p in candidates if (e := entries.get(p)) is not None and e.link == link
+            )
+        return self._links.get(link, [])
+
+    @cached_property
+    def _links(self) -> dict[str, list[str]]:
+        groups: dict[str, list[str]] = {}
+        for entry in self:
+            if entry.link:
+                groups.setdefault(entry.link, []).append(entry.path)
+        return groups
+
     def total_file_bytes(self) -> int:
         """Bytes of file content, each hardlinked inode counted once."""
         return sum(e.size for e in self if e.kind == FILE and (not e.link or e.link == e.path))
@@ -147,6 +176,78 @@ class Manifest:
     def digests(self) -> set[str]:
         """Every content digest the manifest refers to."""
         return {e.data for e in self if e.kind == FILE}
+
+
+class Overlaid(Mapping[str, Entry]):
+    """The entries of a *base* manifest with *changes* laid over them: how a composed host
+    tree is held in memory.
+
+    Every host composed from a generation shares its entries; only what the host's
+    overlays change is the host's own (an entry, or None where the base's path is gone).
+    Composing, comparing and writing such a manifest then costs what those changes cost,
+    not what the base does (see `diff`, `serialize`). Lookups are a dict lookup or two;
+    iteration merges both in path order.
+    """
+
+    __slots__ = ("_added", "_len", "base", "changes")
+
+    def __init__(self, base: Manifest, changes: Mapping[str, Entry | None]) -> None:
+        if isinstance(base.entries, Overlaid):
+            raise TypeError("the base of an Overlaid must be a plain manifest")
+        below = base.entries
+        self.base = base
+        # Only what really differs from the base: equal entries and removals of paths the
+        # base does not have are dropped, so `changes` is exactly where the two differ.
+        self.changes: dict[str, Entry | None] = {
+            p: e
+            for p, e in changes.items()
+            if (e is None and p in below) or (e is not None and below.get(p) != e)
+        }
+        self._added = sorted(p for p, e in self.changes.items() if e is not None and p not in below)
+        removed = sum(1 for e in self.changes.values() if e is None)
+        self._len = len(below) + len(self._added) - removed
+
+    def __getitem__(self, path: str) -> Entry:
+        changes = self.changes
+        if path in changes:
+            entry = changes[path]
+            if entry is None:
+                raise KeyError(path)
+            return entry
+        return self.base.entries[path]
+
+    @overload
+    def get(self, path: str, /) -> Entry | None: ...
+    @overload
+    def get(self, path: str, default: Entry, /) -> Entry: ...
+    @overload
+    def get(self, path: str, default: _T, /) -> Entry | _T: ...
+    def get(self, path: str, default: object = None, /) -> object:
+        changes = self.changes
+        if path in changes:
+            entry = changes[path]
+            return default if entry is None else entry
+        return self.base.entries.get(path, default)
+
+    def __contains__(self, path: object) -> bool:
+        changes = self.changes
+        if path in changes:
+            return changes[path] is not None
+        return path in self.base.entries
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[str]:
+        changes, added = self.changes, self._added
+        i, n = 0, len(added)
+        for path in self.base.entries:
+            while i < n and added[i] < path:
+                yield added[i]
+                i += 1
+            if path not in changes or changes[path] is not None:
+                yield path
+        yield from added[i:]
 
 
 # ---------------------------------------------------------------- escaping
@@ -246,10 +347,54 @@ def _format_entry(entry: Entry) -> str:
 
 def serialize(manifest: Manifest) -> bytes:
     """The manifest file's bytes; equal manifests give equal bytes."""
+    if isinstance(manifest.entries, Overlaid):
+        return _splice(manifest.entries)
     lines = [FORMAT_HEADER]
     lines.extend(format_entry(e) for e in manifest)
     lines.append("")
     return "\n".join(lines).encode("utf-8", "surrogateescape")
+
+
+# The serialized bases that Overlaid manifests are spliced from: (manifest, bytes, line
+# offsets), by id, the manifest held so that its id stays its own. A process works with one
+# or two generations at a time.
+_SPLICE_BASES: dict[int, tuple[Manifest, bytes, list[int]]] = {}
+
+
+def _splice(overlaid: Overlaid) -> bytes:
+    """`serialize` of an Overlaid: its base's bytes, with the changed lines cut in.
+
+    Costs a bisect per change and one copy of the bytes, instead of a formatted line per
+    entry: a base update writes every host's manifest, and hosts differ in a few paths.
+    """
+    base = overlaid.base
+    known = _SPLICE_BASES.get(id(base))
+    if known is None or known[0] is not base:
+        if len(_SPLICE_BASES) >= 4:
+            _SPLICE_BASES.clear()
+        data = serialize(base)
+        offsets = [0]  # where each line starts: the header's, then one per entry
+        for line in data.split(b"\n")[:-1]:
+            offsets.append(offsets[-1] + len(line) + 1)
+        known = _SPLICE_BASES[id(base)] = (base, data, offsets)
+    _, data, offsets = known
+    paths = base.paths
+    view = memoryview(data)
+    chunks: list[bytes | memoryview] = []
+    cut = offsets[1]  # just after the header
+    chunks.append(view[:cut])
+    for path in sorted(overlaid.changes):
+        k = bisect.bisect_left(paths, path)
+        start = offsets[k + 1]  # the line of paths[k] (or the end, past the last)
+        chunks.append(view[cut:start])
+        cut = start
+        if k < len(paths) and paths[k] == path:
+            cut = offsets[k + 2]  # the base's own line for this path goes
+        entry = overlaid.changes[path]
+        if entry is not None:
+            chunks.append((format_entry(entry) + "\n").encode("utf-8", "surrogateescape"))
+    chunks.append(view[cut:])
+    return b"".join(chunks)
 
 
 def manifest_digest(data: bytes) -> str:
@@ -403,9 +548,22 @@ def diff(old: Manifest, new: Manifest, *, ignore_dir_mtime: bool = False) -> lis
     barely differ costs one pass of tuple comparisons.
     """
     old_entries, new_entries = old.entries, new.entries
-    # Manifests of one process share Entry objects (see the memos above): identity first.
-    differing = [p for p, e in new_entries.items() if (o := old_entries.get(p)) is not e and o != e]
-    differing += [p for p in old_entries if p not in new_entries]
+    if isinstance(old_entries, Overlaid) and isinstance(new_entries, Overlaid):
+        # Outside both manifests' changes each holds its base's entry: only where the bases
+        # differ, or either has changes, can the two differ.
+        candidates = _differing_paths(old_entries.base, new_entries.base)
+        candidates = candidates.union(old_entries.changes, new_entries.changes)
+        differing = [
+            p
+            for p in candidates
+            if (o := old_entries.get(p)) is not (n := new_entries.get(p)) and o != n
+        ]
+    else:
+        # Manifests of one process share Entry objects (see the memos above): identity first.
+        differing = [
+            p for p, e in new_entries.items() if (o := old_entries.get(p)) is not e and o != e
+        ]
+        differing += [p for p in old_entries if p not in new_entries]
     changes = []
     for path in sorted(differing):
         before, after = old_entries.get(path), new_entries.get(path)
@@ -413,6 +571,25 @@ def diff(old: Manifest, new: Manifest, *, ignore_dir_mtime: bool = False) -> lis
         if kind is not None:
             changes.append(Change(path, kind, before, after))
     return changes
+
+
+# Paths where two bases differ, by the pair's ids (the manifests held, so the ids stay
+# theirs): a base update compares every host's old tree with its new one, and all of them
+# stand on the same two generations.
+_BASE_DIFFS: dict[tuple[int, int], tuple[Manifest, Manifest, frozenset[str]]] = {}
+
+
+def _differing_paths(old: Manifest, new: Manifest) -> frozenset[str]:
+    if old is new:
+        return frozenset()
+    known = _BASE_DIFFS.get((id(old), id(new)))
+    if known is not None and known[0] is old and known[1] is new:
+        return known[2]
+    if len(_BASE_DIFFS) >= 4:
+        _BASE_DIFFS.clear()
+    found = frozenset(c.path for c in diff(old, new))
+    _BASE_DIFFS[(id(old), id(new))] = (old, new, found)
+    return found
 
 
 def parent_of(path: str) -> str:

@@ -118,9 +118,11 @@ def _relink_members(old: Manifest, new: Manifest, puts: list[Op]) -> None:
     if not rewritten:
         return
     planned = {op.path for op in puts}
-    for entry in new:
-        if entry.link in rewritten and entry.path != entry.link and entry.path not in planned:
-            old_entry = old.get(entry.path)
-            if old_entry is not None and old_entry.link == entry.link:
-                puts.append(Op(Action.LINK, entry.path, entry))
+    for leader in sorted(rewritten):
+        for path in new.link_members(leader):
+            entry = new.entries[path]
+            if path != leader and path not in planned:
+                old_entry = old.get(path)
+                if old_entry is not None and old_entry.link == leader:
+                    puts.append(Op(Action.LINK, path, entry))
     puts.sort(key=lambda op: op.path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import shutil
@@ -15,7 +16,9 @@ import pytest
 from conftest import Run
 
 from rootfs import disk
-from rootfs.manifest import diff
+from rootfs.build import Builder
+from rootfs.manifest import Manifest, diff, manifest_digest, serialize
+from rootfs.site import Site, load_site
 from rootfs.state import State
 
 PC1 = "10.9.0.11"
@@ -348,3 +351,90 @@ def test_kill_9_during_update_of_several_hosts_converges(
     assert (pc1 / "d03/f007").read_bytes() == b"host-local\n"
     assert (pc1 / "d03/f006").read_bytes() == b"conflicting\n"  # the base changed it too
     assert (pc1 / "d03/f006.rootfs-new").read_bytes() == (clean_v2 / "d03/f006").read_bytes()
+
+
+def _builder(site: Path, tmp_path: Path, prefix: str = "") -> tuple[Builder, Site]:
+    environ = {
+        "ROOTFS_STATE_DIR": str(tmp_path / f"{prefix}state"),
+        "ROOTFS_EXPORT_ROOT": str(tmp_path / f"{prefix}export"),
+    }
+    loaded = load_site(site, environ=environ)
+    return Builder(loaded, State(loaded.config.state_dir)), loaded
+
+
+def test_update_recomposes_what_was_applied_instead_of_reading_it(
+    run: Run, site: Path, built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host whose overlays did not change is brought forward without reading its applied
+    manifest back (the cost of that grows with the base), and ends exactly where reading it
+    would have led: the same trees, manifests and records."""
+    v2 = make_v2(built, tmp_path)
+    (v2 / "small.txt").write_bytes(b"changed\n")
+    (v2 / "empty").unlink()
+    (v2 / "added.txt").write_bytes(b"new\n")
+    os.chown(v2 / "hl/a", 1234, 0)
+    run("base", "update", "zoo", str(v2), "--no-apply")
+    for name in ("state", "export"):
+        subprocess.run(
+            ["cp", "-a", str(tmp_path / name), str(tmp_path / f"slow-{name}")], check=True
+        )
+
+    slow, slow_site = _builder(site, tmp_path, "slow-")
+    monkeypatch.setattr(Builder, "_recomposed", lambda *args: None)
+    slow_results = slow.build(slow_site.hosts, jobs=1, progress=False)
+    monkeypatch.undo()
+
+    def unread(*args: object) -> None:
+        raise AssertionError("the applied manifest was read back")
+
+    fast, fast_site = _builder(site, tmp_path)
+    monkeypatch.setattr(State, "applied_manifest", unread)
+    results = fast.build(fast_site.hosts, jobs=1, progress=False)
+    monkeypatch.undo()
+    assert [r.plan for r in results] == [r.plan for r in slow_results]
+    assert results[0].plan.counts()["modified"] == 1
+    for host in ("pc1", "pc2"):
+        want = State(tmp_path / "slow-state")
+        got = State(tmp_path / "state")
+        assert got.host_dir(host).joinpath("applied.manifest").read_bytes() == (
+            want.host_dir(host).joinpath("applied.manifest").read_bytes()
+        )
+        got_record, want_record = got.host_record(host), want.host_record(host)
+        assert got_record is not None and want_record is not None
+        # The inputs digest covers the export root, which the two scenarios differ in.
+        assert dataclasses.replace(got_record, built_at=0, inputs="") == dataclasses.replace(
+            want_record, built_at=0, inputs=""
+        )
+    for ip in ("10.9.0.11", "10.9.0.12"):
+        reference = State(tmp_path / "state").applied_manifest({"10.9.0.11": "pc1"}.get(ip, "pc2"))
+        assert reference is not None
+        assert disk.read_tree(str(tmp_path / "export" / ip), reference, checksum=True) == (
+            disk.read_tree(str(tmp_path / "slow-export" / ip), reference, checksum=True)
+        )
+    clean(run)
+
+
+def test_update_reads_the_applied_manifest_when_it_is_not_what_composing_gives(
+    run: Run, site: Path, built: Path, tmp_path: Path
+) -> None:
+    """A recorded manifest that composing the old generation does not reproduce (here: one
+    edited; an older rootfs's would do too) is read back, not trusted."""
+    state = State(tmp_path / "state")
+    applied = state.applied_manifest("pc1")
+    record = state.host_record("pc1")
+    assert applied is not None and record is not None
+    secret = applied.entries["/private/secret"]
+    edited = Manifest({**applied.entries, secret.path: secret._replace(mode=0o640)})
+    data = serialize(edited)
+    (state.host_dir("pc1") / "applied.manifest").write_bytes(data)
+    state.update_record(dataclasses.replace(record, manifest_digest=manifest_digest(data)))
+    os.chmod(tree(tmp_path) / "private/secret", 0o640)  # the tree agrees with the record
+    v2 = make_v2(built, tmp_path)
+    (v2 / "added.txt").write_bytes(b"new\n")
+    lines = run("base", "update", "zoo", str(v2)).stdout.splitlines()
+    # Only the manifest read back says 0640, so only pc1's plan puts 0600 back.
+    assert sorted(line.split(";")[0] for line in lines if line.startswith(("pc1:", "pc2:"))) == [
+        "pc1: 1 added, 2 metadata",
+        "pc2: 1 added, 1 metadata",
+    ]
+    assert (tree(tmp_path) / "private/secret").stat().st_mode & 0o777 == 0o600
