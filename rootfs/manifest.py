@@ -356,9 +356,19 @@ def serialize(manifest: Manifest) -> bytes:
 
 
 # The serialized bases that Overlaid manifests are spliced from: (manifest, bytes, line
-# offsets), by id, the manifest held so that its id stays its own. A process works with one
-# or two generations at a time.
-_SPLICE_BASES: dict[int, tuple[Manifest, bytes, list[int]]] = {}
+# offsets or None until first needed), by id, the manifest held so that its id stays its
+# own. A process works with one or two generations at a time.
+_SPLICE_BASES: dict[int, tuple[Manifest, bytes, list[int] | None]] = {}
+
+
+def remember_bytes(manifest: Manifest, data: bytes) -> None:
+    """Tell `serialize` the bytes of *manifest* (a file just read or written), so manifests
+    overlaid on it are spliced from them instead of formatting it all again first."""
+    if isinstance(manifest.entries, Overlaid):
+        return
+    if len(_SPLICE_BASES) >= 4:
+        _SPLICE_BASES.clear()
+    _SPLICE_BASES[id(manifest)] = (manifest, data, None)
 
 
 def _splice(overlaid: Overlaid) -> bytes:
@@ -370,14 +380,14 @@ def _splice(overlaid: Overlaid) -> bytes:
     base = overlaid.base
     known = _SPLICE_BASES.get(id(base))
     if known is None or known[0] is not base:
-        if len(_SPLICE_BASES) >= 4:
-            _SPLICE_BASES.clear()
-        data = serialize(base)
+        remember_bytes(base, serialize(base))
+        known = _SPLICE_BASES[id(base)]
+    _, data, offsets = known
+    if offsets is None:
         offsets = [0]  # where each line starts: the header's, then one per entry
         for line in data.split(b"\n")[:-1]:
             offsets.append(offsets[-1] + len(line) + 1)
-        known = _SPLICE_BASES[id(base)] = (base, data, offsets)
-    _, data, offsets = known
+        _SPLICE_BASES[id(base)] = (base, data, offsets)
     paths = base.paths
     view = memoryview(data)
     chunks: list[bytes | memoryview] = []

@@ -42,6 +42,7 @@ from rootfs.manifest import (
     manifest_digest,
     parse,
     parse_entry,
+    remember_bytes,
     serialize,
 )
 from rootfs.plan import Action, Op
@@ -90,15 +91,18 @@ def load_manifest(path: Path) -> Manifest:
     data = path.read_bytes()
     digest = manifest_digest(data)
     cache = path.with_name(path.name + ".cache")
+    manifest = None
     try:
         cached_digest, rows = marshal.loads(cache.read_bytes())
         if cached_digest == digest:
             make = Entry._make
-            return Manifest({row[0]: make(row) for row in rows})
+            manifest = Manifest({row[0]: make(row) for row in rows})
     except (OSError, ValueError, EOFError, TypeError):
         pass
-    manifest = parse(data, source=str(path))
-    write_manifest_cache(path, digest, manifest)
+    if manifest is None:
+        manifest = parse(data, source=str(path))
+        write_manifest_cache(path, digest, manifest)
+    remember_bytes(manifest, data)  # host trees composed from it are spliced from these
     return manifest
 
 
@@ -225,6 +229,7 @@ class State:
         atomic_write_bytes(directory / f"{gen.number}.json", json.dumps(asdict(gen)).encode())
         atomic_write_bytes(directory / "current", f"{gen.number}\n".encode())
         self._generations[(base, gen.number, gen.digest)] = manifest
+        remember_bytes(manifest, data)
         return gen
 
     def set_current(self, base: str, number: int) -> Generation:
