@@ -14,6 +14,10 @@ Rules, in layer order (later layers win):
 
 Hardlink groups are then renormalised: a group keeps only members that still
 agree on content and metadata, and is named by its first path.
+
+The result is an `Overlaid` manifest: the base's entries are shared, not copied, and only
+what the layers change belongs to the host, so composing (and comparing and writing) a
+host's tree costs what its overlays change, however large the base.
 """
 
 from __future__ import annotations
@@ -96,10 +100,11 @@ class _Tree:
 
     def subtree(self, top: str) -> list[str]:
         """*top* and everything under it."""
-        below = self.with_prefix(top.rstrip("/") + "/")
+        below = self.with_prefix(top.rstrip("/") + "/")  # for "/": everything, itself too
         return [top, *below] if top in self and top != "/" else below
 
-    def manifest_of(self) -> Manifest:
+    def result(self) -> Manifest:
+        """The composed tree: the base with what was changed laid over it."""
         return Manifest(Overlaid(self.manifest, self.changes))
 
 
@@ -235,4 +240,4 @@ def compose(base: Manifest, layers: Sequence[Layer]) -> Manifest:
         _override(tree, layer)
     tree.remove(RESERVED)
     _normalise_hardlinks(tree)
-    return tree.manifest_of()
+    return tree.result()

@@ -81,12 +81,14 @@ class HostRecord:
     inputs: str = ""  # digest of everything the tree was composed from (see Builder.inputs_digest)
 
 
-def load_manifest(path: Path) -> Manifest:
+def load_manifest(path: Path, *, written_digest: str | None = None) -> Manifest:
     """Read a manifest file, through a marshal cache beside it.
 
     Parsing text costs about 5 us an entry; the cache loads several times faster.
     It is keyed by the digest of the manifest's bytes, so it can never be stale,
-    and a missing or damaged cache only costs a parse.
+    and a missing or damaged cache only costs a parse. When the bytes have
+    *written_digest*, the digest of what `serialize` wrote, they are kept for splicing
+    the manifests composed from this one (see `manifest.remember_bytes`).
     """
     data = path.read_bytes()
     digest = manifest_digest(data)
@@ -102,7 +104,8 @@ def load_manifest(path: Path) -> Manifest:
     if manifest is None:
         manifest = parse(data, source=str(path))
         write_manifest_cache(path, digest, manifest)
-    remember_bytes(manifest, data)  # host trees composed from it are spliced from these
+    if digest == written_digest:
+        remember_bytes(manifest, data)
     return manifest
 
 
@@ -199,7 +202,8 @@ class State:
         key = (gen.base, gen.number, gen.digest)
         manifest = self._generations.get(key)
         if manifest is None:
-            manifest = load_manifest(self.base_dir(gen.base) / f"{gen.number}.manifest")
+            path = self.base_dir(gen.base) / f"{gen.number}.manifest"
+            manifest = load_manifest(path, written_digest=gen.digest)
             self._generations[key] = manifest
         return manifest
 
