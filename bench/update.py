@@ -50,6 +50,7 @@ class Options:
     runs: int
     workdir: Path | None
     rootfs: Path
+    bulk: int = 0
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -58,8 +59,26 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--hosts", type=int, default=50, help="hosts to update (default 50)")
     parser.add_argument("--runs", type=int, default=3, help="timed runs of each (default 3)")
     parser.add_argument("--workdir", type=Path, default=None, help="where the temp dir goes")
+    parser.add_argument(
+        "--bulk",
+        type=int,
+        default=0,
+        metavar="N",
+        help="add N small files to the base (a larger base, the same change: what grows?)",
+    )
     args = parser.parse_args(argv)
-    return Options(args.base, args.hosts, args.runs, args.workdir, REPO / ".venv/bin/rootfs")
+    return Options(
+        args.base, args.hosts, args.runs, args.workdir, REPO / ".venv/bin/rootfs", args.bulk
+    )
+
+
+def add_bulk(root: Path, count: int) -> None:
+    """*count* small files under /usr/share/bulk, a thousand to a directory."""
+    for n in range(count):
+        directory = root / "usr/share/bulk" / f"d{n // 1000:03d}"
+        if n % 1000 == 0:
+            directory.mkdir(parents=True)
+        (directory / f"f{n % 1000:03d}").write_bytes(b"%d\n" % n)
 
 
 def make_upgrade(v1: Path, v2: Path) -> tuple[int, list[str]]:
@@ -68,11 +87,14 @@ def make_upgrade(v1: Path, v2: Path) -> tuple[int, list[str]]:
     Returns the bytes of new content and the paths (relative) that differ between the two.
     """
     rng = random.Random(20)
+    bulk = str(v2 / "usr/share/bulk")  # `--bulk` makes the base larger, not the change
     files = sorted(
         os.path.join(d, f)
         for d, _, names in os.walk(v2 / "usr")
         for f in names
-        if os.path.isfile(os.path.join(d, f)) and not os.path.islink(os.path.join(d, f))
+        if os.path.isfile(os.path.join(d, f))
+        and not os.path.islink(os.path.join(d, f))
+        and not d.startswith(bulk)
     )
     chosen = rng.sample(files, 220)
     paths = [os.path.relpath(path, v2) for path in chosen]
@@ -161,6 +183,7 @@ class Bench:
             file=sys.stderr,
         )
         run(["cp", "-a", str(self.opts.base), str(v1)])
+        add_bulk(v1, self.opts.bulk)
         run(["cp", "-a", str(v1), str(v2)])
         changed, self.paths = make_upgrade(v1, v2)
         write_site(self.tmp / "site", self.opts.hosts)
