@@ -26,7 +26,7 @@ from rootfs.apply import SCRATCH, Applier, ApplyStats, resolve_mode
 from rootfs.compose import Layer, compose
 from rootfs.conflicts import NEW_SUFFIX, Hold, Reconciled, candidate_paths, reconcile
 from rootfs.durable import atomic_write_bytes
-from rootfs.errors import UserError
+from rootfs.errors import ManifestFormatError, UserError
 from rootfs.manifest import FILE, Manifest, diff, manifest_digest, serialize
 from rootfs.overlay import LayerRenderer, Overlay, load_overlay
 from rootfs.plan import Plan, make_plan
@@ -185,8 +185,8 @@ class Builder:
             if record.inputs != self.inputs_digest(desired.host, mode, old):
                 return None
             again = compose(self._base(old), desired.layers)
-        except UserError:  # the generation is gone, or the layers no longer fit it
-            return None
+        except (UserError, ManifestFormatError, OSError):
+            return None  # the old generation is gone or unreadable, or the layers don't fit it
         return again if manifest_digest(serialize(again)) == record.manifest_digest else None
 
     def build(

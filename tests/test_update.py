@@ -438,3 +438,30 @@ def test_update_reads_the_applied_manifest_when_it_is_not_what_composing_gives(
         "pc2: 1 added, 1 metadata",
     ]
     assert (tree(tmp_path) / "private/secret").stat().st_mode & 0o777 == 0o600
+
+
+def test_update_works_when_the_old_generation_is_unreadable(
+    run: Run, built: Path, tmp_path: Path
+) -> None:
+    """Recomposing needs the generation last applied; without it the recorded manifest is
+    read back, as before."""
+    v2 = make_v2(built, tmp_path)
+    (v2 / "small.txt").write_bytes(b"changed\n")
+    run("base", "update", "zoo", str(v2), "--no-apply")
+    for path in (tmp_path / "state/bases/zoo").glob("1.manifest*"):
+        path.write_bytes(b"not a manifest\n")
+    run("build", "--all")
+    assert (tree(tmp_path) / "small.txt").read_bytes() == b"changed\n"
+    clean(run)
+
+
+def test_a_damaged_generation_manifest_is_one_clear_error(
+    run: Run, built: Path, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "state/bases/zoo/1.manifest"
+    manifest.write_bytes(b"not a manifest\n")
+    (tmp_path / "state/bases/zoo/1.manifest.cache").unlink(missing_ok=True)
+    proc = run("base", "update", "zoo", str(make_v2(built, tmp_path)), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"rootfs: error: {manifest}: line 1: expected header")
+    assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1

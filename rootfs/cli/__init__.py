@@ -10,7 +10,7 @@ import click
 
 from rootfs import __version__
 from rootfs.cli.context import Context
-from rootfs.errors import UserError
+from rootfs.errors import ManifestFormatError, UserError
 
 # Each command's module is imported only when that command runs: the servers, FUSE and the
 # tar scanner pull in trio, pyfuse3 and compression libraries that a `rootfs build` never needs,
@@ -103,6 +103,13 @@ def main() -> None:
     except UserError as exc:
         click.echo(f"rootfs: error: {exc.message}", err=True)
         sys.exit(exc.exit_code)
+    except ManifestFormatError as exc:  # a state file damaged on disk, not a bug to trace
+        click.echo(
+            f"rootfs: error: {exc}; the manifest is damaged: import its base again"
+            " ('rootfs base import'), or for a host's, 'rootfs build HOST --repair'",
+            err=True,
+        )
+        sys.exit(2)
     except KeyboardInterrupt:
         click.echo("interrupted; run the command again to resume", err=True)
         sys.exit(130)
