@@ -35,7 +35,7 @@ help:
 	@echo "make demo    build the default site's hosts from a small base, state under ./demo/"
 	@echo "make bench   every benchmark against its peer (bench-build, bench-update, bench-dhcp,"
 	@echo "             bench-tftp, bench-cache: cp/rsync, rsync, dnsmasq, tftp-hpa, bindfs)"
-	@echo "make lint    ruff check + mypy"
+	@echo "make lint    ruff check, mypy, and the import layers (lint-imports)"
 	@echo "make install Debian packages + $(VENV) with rootfs and its test tools"
 	@echo "make clean   remove ./demo/ and the install stamp"
 
@@ -55,11 +55,12 @@ $(STAMP):
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
-# Both linters run even when the first one complains, so one pass shows everything to fix.
+# Every linter runs even when an earlier one complains, so one pass shows everything to fix.
 lint: install
 	@rc=0; \
 	echo "== ruff check"; $(BIN)/ruff check . || rc=1; \
 	echo "== mypy"; $(BIN)/mypy || rc=1; \
+	echo "== lint-imports (the layers in pyproject.toml)"; $(BIN)/lint-imports --no-cache || rc=1; \
 	exit $$rc
 
 # pytest's exit status is passed through as is: "no tests collected" (5) fails the target too.

@@ -2,7 +2,7 @@
 
 Both servers run in turn in the same network namespace, on the same veth, with the same
 reservations (N hosts, each with its own option 17 root path and a boot file), and are driven by the
-same load generator (`rootfs.dhcp.loadgen`, a relay agent in the other namespace, as perfdhcp is).
+same load generator (`tests/dhcp_loadgen.py`, a relay agent in the other namespace, as perfdhcp is).
 rootfs runs with lease persistence on: every ACK waits for its journal record's fdatasync (group
 commit); a run without the fdatasync shows what durability costs. dnsmasq rewrites its whole lease
 file after lease changes, so its cost per ACK grows with the number of leases.
@@ -32,9 +32,11 @@ from bench.common import REPO
 sys.path.insert(0, str(REPO / "tests"))
 from netns import (
     CLIENT_ADDRESS,
+    LOADGEN,
     SERVER_ADDRESS,
     NetnsPair,
     netns_pair,
+    start_serve,
     stop,
     wait_for_line,
     write_site,
@@ -104,6 +106,15 @@ def dnsmasq_files(root: Path, hosts: int, *, per_host_options: bool = True) -> l
 
 @contextmanager
 def running(pair: NetnsPair, argv: list[str], ready: bytes | None) -> Iterator[None]:
+    """*argv* running in the server namespace: "serve" means `rootfs serve --no-tftp`, ready
+    when it says so; otherwise ready when it prints *ready* (None: half a second after start)."""
+    if argv[0] == "serve":
+        serving = start_serve(pair.server, Path(argv[1]), "--no-tftp")
+        try:
+            yield
+        finally:
+            stop(serving)
+        return
     proc = pair.server.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         if ready is not None:
@@ -124,7 +135,7 @@ def running(pair: NetnsPair, argv: list[str], ready: bytes | None) -> Iterator[N
 def load(
     pair: NetnsPair, count: int, *, window: int, repeat: int = 1, timeout: float = 1.0
 ) -> dict[str, object]:
-    argv = [sys.executable, "-m", "rootfs.dhcp.loadgen", "--server", SERVER_ADDRESS,
+    argv = [sys.executable, LOADGEN, "--server", SERVER_ADDRESS,
             "--relay", CLIENT_ADDRESS, "--count", str(count), "--window", str(window),
             "--timeout", str(timeout), "--mac-base", f"{MAC_BASE:012x}",
             "--repeat", str(repeat)]  # fmt: skip
@@ -158,11 +169,11 @@ def main() -> None:
     ):
         root = Path(tmp)
         site = make_site(root / "site", pair.server.interface, args.hosts)
-        ours = [sys.executable, "-m", "rootfs.dhcp.server", "--site", str(site)]
+        nosync = [sys.executable, "-m", "bench.dhcp_nosync", str(site)]
         theirs = ["dnsmasq", f"--interface={pair.server.interface}"]
         contenders: dict[str, tuple[list[str], bytes | None]] = {
-            "rootfs": (ours, b"ready"),
-            "rootfs-nosync": ([*ours, "--no-sync"], b"ready"),
+            "rootfs": (["serve", str(site)], None),
+            "rootfs-nosync": (nosync, b"ready"),
             "dnsmasq": ([*theirs, *dnsmasq_files(root, args.hosts)], None),
             "dnsmasq-plain": (
                 [*theirs, *dnsmasq_files(root, args.hosts, per_host_options=False)],

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import REPO, Contender, Row, Timing, format_table, measure_rounds, run
-from rootfs import renames
+from rootfs.engine import renames
 
 DEFAULT_BASE = Path("/var/cache/rootfs-dev/base-bookworm")
 SPEED_TARGET = 20.0

@@ -14,6 +14,7 @@ import selectors
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -168,6 +169,36 @@ def wait_for_line(proc: subprocess.Popen[bytes], expected: bytes, *, timeout: fl
     stop(proc)
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     raise AssertionError(f"process did not print {expected!r}: {buffer!r} {err}")
+
+
+LOADGEN = str(Path(__file__).with_name("dhcp_loadgen.py"))  # a relay-agent DHCP load generator
+
+
+def start_serve(
+    ns: Namespace, site: Path, *args: str, timeout: float = 20
+) -> subprocess.Popen[bytes]:
+    """`rootfs serve ARGS` for *site* in *ns*, logging to <site>/serve.log; returns once it says
+    it is ready (its services are bound), or fails with the log if it stops first."""
+    log_path = site / "serve.log"
+    start = log_path.stat().st_size if log_path.exists() else 0
+    with open(log_path, "ab") as log:
+        proc = ns.popen(
+            [sys.executable, "-m", "rootfs", "--site", site, "serve", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(log_path, "rb") as f:
+            f.seek(start)
+            text = f.read()
+        if b"serve: ready" in text:
+            return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    stop(proc)
+    raise AssertionError(f"rootfs serve did not get ready: {text.decode(errors='replace')}")
 
 
 def write_script(path: Path, body: str) -> Path:

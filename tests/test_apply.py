@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from rootfs import renames
-from rootfs.apply import Applier, attic_name
-from rootfs.manifest import DIR, FILE, Entry, Manifest
-from rootfs.plan import Plan, make_plan
-from rootfs.store import Store, hash_bytes
+from rootfs.engine import renames
+from rootfs.engine.apply import Applier
+from rootfs.store.layout import attic_name
+from rootfs.store.objects import Store, hash_bytes
+from rootfs.tree.manifest import DIR, FILE, Entry, Manifest
+from rootfs.tree.plan import Plan, make_plan
 
 MTIME = 1_700_000_000_123_456_789
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from rootfs.boot.files import host_configs, unregistered_file, virtual_file
+from rootfs.config.site import Site, load_site
 from rootfs.errors import ConfigError
-from rootfs.site import Site, load_site
+from rootfs.netboot.boot.files import host_configs, unregistered_file, virtual_file
 
 HOSTS = """
 [hosts.pc1]

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rootfs.boot.install import install_loaders
+from rootfs.netboot.boot.install import install_loaders
 
 
 def test_install_copies_present_loaders_and_reports_missing(tmp_path: Path) -> None:

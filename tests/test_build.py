@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from conftest import HOSTS, Run
 
-from rootfs import disk
-from rootfs.manifest import diff, parse
-from rootfs.state import State
+from rootfs.engine import disk
+from rootfs.store.state import State
+from rootfs.tree.manifest import diff, parse
 
 
 def tree_of(tmp_path: Path, ip: str) -> Path:
@@ -323,7 +323,7 @@ def test_reimport_stores_nothing(run: Run, imported: Path) -> None:
 
 
 def test_reflink_mode_works_or_says_why(run: Run, imported: Path, tmp_path: Path) -> None:
-    from rootfs.apply import reflink_supported
+    from rootfs.engine.apply import reflink_supported
 
     proc = run("build", "pc1", "--mode", "reflink", check=False)
     if reflink_supported(tmp_path / "probe"):

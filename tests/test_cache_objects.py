@@ -11,7 +11,7 @@ import xxhash
 
 from rootfs.cache.objects import ObjectCache, charge, parse_size, verify_cache
 from rootfs.cache.tree import ROOT_INO, Tree
-from rootfs.manifest import Entry, Manifest
+from rootfs.tree.manifest import Entry, Manifest
 
 
 def manifest(*entries: Entry) -> Manifest:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from rootfs.compose import AttrOverride, Layer, compose
 from rootfs.errors import UserError
-from rootfs.manifest import DIR, FILE, SYMLINK, Entry, Manifest
+from rootfs.tree.compose import AttrOverride, Layer, compose
+from rootfs.tree.manifest import DIR, FILE, SYMLINK, Entry, Manifest
 
 
 def d(path: str, mode: int = 0o755, uid: int = 0) -> Entry:

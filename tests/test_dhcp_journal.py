@@ -15,17 +15,18 @@ from pathlib import Path
 import pytest
 from netns import (
     CLIENT_ADDRESS,
+    LOADGEN,
     SERVER_ADDRESS,
     needs_netns,
     netns_pair,
+    start_serve,
     stop,
-    wait_for_line,
     write_site,
 )
 
-from rootfs.dhcp.journal import HEADER, LeaseJournal, read_leases
-from rootfs.dhcp.leases import Lease, LeaseTable
 from rootfs.errors import UserError
+from rootfs.netboot.dhcp.journal import HEADER, LeaseJournal, read_leases
+from rootfs.netboot.dhcp.leases import Lease, LeaseTable
 
 
 def lease(i: int, t: float = 1000.0) -> Lease:
@@ -106,7 +107,7 @@ POOL = 'pool = ["192.168.232.100-192.168.232.250"]'
 
 def loadgen(mac_base: int, count: int, acks: Path, *, window: int, timeout: float) -> list[str]:
     return [
-        sys.executable, "-m", "rootfs.dhcp.loadgen", "--server", SERVER_ADDRESS,
+        sys.executable, LOADGEN, "--server", SERVER_ADDRESS,
         "--relay", CLIENT_ADDRESS, "--count", str(count), "--window", str(window),
         "--timeout", str(timeout), "--tries", "3", "--mac-base", f"{mac_base:012x}",
         "--acks", str(acks),
@@ -125,13 +126,9 @@ def test_kill_9_loses_no_acked_lease_and_duplicates_no_address(tmp_path: Path) -
     with netns_pair(client_address=CLIENT_ADDRESS) as pair:
         site = write_site(tmp_path / "site", {}, interface=pair.server.interface, dhcp=POOL)
         journal = site / "state" / "dhcp" / "leases.journal"
-        argv: list[str | os.PathLike[str]] = [sys.executable, "-m", "rootfs.dhcp.server"]
-        argv += ["--site", site]
 
         def start() -> subprocess.Popen[bytes]:
-            proc = pair.server.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            wait_for_line(proc, b"ready")
-            return proc
+            return start_serve(pair.server, site, "--no-tftp")
 
         # Phase 1: 140 pool clients, 4 at a time; kill -9 the server once some have their ACK.
         server = start()

@@ -1,5 +1,5 @@
-"""The DHCP codec: bytes <-> packets both ways, round-trips, fuzzing, the malformed inputs of
-PEERS.md, and a cross-check against an independent decoder (scapy)."""
+"""The DHCP codec: bytes <-> packets both ways, round-trips, fuzzing, the malformed packets real
+DHCP servers have crashed on, and a cross-check against an independent decoder (scapy)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rootfs.dhcp.packet import (
+from rootfs.netboot.dhcp.packet import (
     BOOTREPLY,
     BOOTREQUEST,
     DEFAULT_MAX_SIZE,
@@ -119,7 +119,7 @@ def test_user_class_both_forms(value: bytes, classes: tuple[bytes, ...]) -> None
     assert p.user_classes == classes
 
 
-# -- PEERS.md: bad input, each raising MalformedPacket with a message saying what is wrong -----
+# -- bad input seen in DHCP server CVEs, each raising MalformedPacket saying what is wrong -----
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 from netns import write_site
 
-from rootfs.dhcp.config import BootFiles
-from rootfs.dhcp.leases import Lease, LeaseTable
-from rootfs.dhcp.packet import (
+from rootfs.config.dhcp import BootFiles
+from rootfs.config.site import Site, load_site
+from rootfs.errors import UserError
+from rootfs.netboot.dhcp.leases import Lease, LeaseTable
+from rootfs.netboot.dhcp.packet import (
     BOOTREQUEST,
     DHCPACK,
     DHCPDECLINE,
@@ -48,9 +50,7 @@ from rootfs.dhcp.packet import (
     decode_untrusted,
     encode,
 )
-from rootfs.dhcp.responder import Link, Outcome, Responder, Send, sanitize_hostname
-from rootfs.errors import UserError
-from rootfs.site import Site, load_site
+from rootfs.netboot.dhcp.responder import Link, Outcome, Responder, Send, sanitize_hostname
 
 SERVER = IPv4Address("192.168.232.1")
 LINK = Link("eth0", SERVER, IPv4Network("192.168.232.0/24"))
@@ -308,7 +308,7 @@ def test_unknown_mac_ignored_and_traced_once_a_minute(responder: Responder) -> N
 
 @pytest.mark.parametrize("mtype", [DHCPDECLINE, DHCPRELEASE, DHCPINFORM, DHCPREQUEST])
 def test_strangers_change_nothing(responder: Responder, mtype: int) -> None:
-    """PEERS.md: DECLINE/RELEASE/INFORM from strangers must not touch anyone's lease."""
+    """DECLINE/RELEASE/INFORM from strangers must not touch anyone's lease."""
     handle(responder, request())
     handle(responder, selecting(PC1_MAC, PC1_IP))
     before = list(responder.leases)

@@ -1,8 +1,8 @@
 """The DHCP server with real clients (dhclient, busybox udhcpc) in network namespaces.
 
 Each test builds a namespace pair (server side 192.168.232.1, client side on a veth), runs
-`python -m rootfs.dhcp.server` in the server namespace and a real client in the other, and checks
-what the client's hook script saw. Nothing leaves the namespaces; all are deleted afterwards.
+`rootfs serve --no-tftp` in the server namespace and a real client in the other, and checks what
+the client's hook script saw. Nothing leaves the namespaces; all are deleted afterwards.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from netns import (
     NetnsPair,
     needs_netns,
     netns_pair,
+    start_serve,
     stop,
-    wait_for_line,
     write_script,
     write_site,
 )
 
-from rootfs.dhcp.packet import DHCPACK, DHCPOFFER, OPT_ROOT_PATH, Packet, decode_untrusted
+from rootfs.netboot.dhcp.packet import DHCPACK, DHCPOFFER, OPT_ROOT_PATH, Packet, decode_untrusted
 
 pytestmark = [needs_netns, pytest.mark.slow]
 
@@ -53,13 +53,7 @@ class Running:
 
 
 def start_server(pair: NetnsPair, site: Path) -> subprocess.Popen[bytes]:
-    proc = pair.server.popen(
-        [sys.executable, "-m", "rootfs.dhcp.server", "--site", site, "--stats"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    wait_for_line(proc, b"ready")
-    return proc
+    return start_serve(pair.server, site, "--no-tftp")
 
 
 @contextmanager
@@ -229,7 +223,7 @@ def relay_exchange(running: Running, mac: bytes) -> tuple[Packet, Packet]:
     code = f"""
 import socket, sys
 from ipaddress import IPv4Address
-from rootfs.dhcp.packet import *
+from rootfs.netboot.dhcp.packet import *
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("{CLIENT_ADDRESS}", 67))
 s.settimeout(5)

@@ -9,8 +9,8 @@ from click.testing import CliRunner, Result
 from netns import write_site
 
 from rootfs.cli import cli
-from rootfs.dhcp.history import last_boot_times, normalize_mac, summarize
-from rootfs.trace import TraceLog
+from rootfs.netboot.trace import TraceLog
+from rootfs.netboot.trace_report import last_boot_times, normalize_mac, summarize
 
 PC1 = ("52:54:00:e8:00:11", "192.168.232.11")
 PC2 = ("52:54:00:e8:00:12", "192.168.232.12")

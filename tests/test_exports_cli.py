@@ -92,8 +92,8 @@ def test_wide_rw_refusal_is_one_line_naming_the_key(site_dir: Path) -> None:
 
 
 def test_auto_applies_only_when_asked(site_dir: Path) -> None:
+    from rootfs.config.site import load_site
     from rootfs.exports.apply import apply_if_auto
-    from rootfs.site import load_site
 
     assert apply_if_auto(load_site(site_dir, environ={})) is None
     assert not (site_dir / "rootfs.exports").exists()

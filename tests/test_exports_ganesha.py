@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from nfs_lab import SERVER_IP, WAIT, Lab, nfs_cat, open_lab, wait_listening
 
+from rootfs.config.site import Site, load_site
 from rootfs.exports.apply import GaneshaFiles, apply, check, ganesha_pid
 from rootfs.exports.ganesha import parse_export_ids
-from rootfs.site import Site, load_site
 
 PC1, PC2, STRANGER = "192.168.231.11", "192.168.231.12", "192.168.231.13"
 TOOLS = ("ganesha.nfsd", "rpcbind", "nfs-cat", "ip", "nsenter", "unshare")

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from rootfs.config.site import Site, load_site
 from rootfs.errors import ConfigError, UserError
 from rootfs.exports.ganesha import parse_export_ids, render_ganesha, render_ganesha_server
 from rootfs.exports.kernel import compare_kernel, parse_exportfs_v, render_kernel
 from rootfs.exports.model import desired_exports
-from rootfs.site import Site, load_site
 
 GOLDEN = Path(__file__).parent / "golden" / "exports"
 HOSTS = """

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rootfs import forked
+from rootfs.engine import forked
 from rootfs.errors import UserError
 
 
@@ -94,7 +94,7 @@ def test_progress_lines_arrive_before_their_items_result() -> None:
 
 SCRIPT = """
 import os, sys, time
-from rootfs import forked
+from rootfs.engine import forked
 def work(indices, send):
     with open(sys.argv[1], "a") as f:
         f.write(f"{os.getpid()}\\n")

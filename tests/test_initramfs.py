@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from rootfs.boot.initramfs import Cpio, Kernel, build_initramfs, load_order, module_depends
 from rootfs.errors import UserError
+from rootfs.netboot.boot.initramfs import Cpio, Kernel, build_initramfs, load_order, module_depends
 
 
 def test_dependencies_come_first_and_names_match_across_dash_and_underscore() -> None:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from rootfs.config.inventory import HOSTS_TEMPLATE, SITE_TEMPLATE, add_host, init_site, remove_host
+from rootfs.config.site import Host, HostName, Site, load_site
 from rootfs.durable import atomic_write_bytes
 from rootfs.errors import ConfigError, UserError
-from rootfs.inventory import HOSTS_TEMPLATE, SITE_TEMPLATE, add_host, init_site, remove_host
-from rootfs.site import Host, HostName, Site, load_site
 
 INVENTORY = """\
 # Lab inventory. Keep sorted by room.

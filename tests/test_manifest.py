@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rootfs import manifest as manifest_module
 from rootfs.errors import ManifestFormatError
-from rootfs.manifest import (
+from rootfs.tree import manifest as manifest_module
+from rootfs.tree.manifest import (
     CHAR,
     DIR,
     FILE,

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rootfs.compose import RESERVED, AttrOverride, Layer, compose
 from rootfs.errors import UserError
-from rootfs.manifest import (
+from rootfs.tree.compose import RESERVED, AttrOverride, Layer, compose
+from rootfs.tree.manifest import (
     DIR,
     FILE,
     SYMLINK,

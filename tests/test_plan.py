@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from rootfs.manifest import DIR, FILE, SYMLINK, Entry, Manifest
-from rootfs.plan import Action, make_plan
+from rootfs.tree.manifest import DIR, FILE, SYMLINK, Entry, Manifest
+from rootfs.tree.plan import Action, make_plan
 
 
 def d(path: str, mtime: int = 1) -> Entry:

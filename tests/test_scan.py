@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from rootfs.engine.progress import Progress
+from rootfs.engine.scan import ScanResult, scan_directory, scan_source, scan_tarball
 from rootfs.errors import UserError
-from rootfs.manifest import Entry, Manifest, Xattrs
-from rootfs.progress import Progress
-from rootfs.scan import ScanResult, scan_directory, scan_source, scan_tarball
-from rootfs.store import Store, hash_bytes
+from rootfs.store.objects import Store, hash_bytes
+from rootfs.tree.manifest import Entry, Manifest, Xattrs
 
 MTIME = 1_650_000_000 * 10**9
 CAPABILITY = b"\x01\x00\x00\x02" + b"\x00\x20\x00\x00" + b"\x00" * 12

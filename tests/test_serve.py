@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from rootfs.tftp.packet import Ack, Data, ReadRequest, decode_untrusted
+from rootfs.netboot.tftp.packet import Ack, Data, ReadRequest, decode_untrusted
 
 HOSTS = '[hosts.pc1]\nmac = "52:54:00:12:34:11"\nip = "10.0.0.11"\n'
 PC2 = '[hosts.pc2]\nmac = "52:54:00:12:34:22"\nip = "10.0.0.22"\n'

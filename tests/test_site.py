@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rootfs.errors import ConfigError, UserError
-from rootfs.site import (
+from rootfs.config.site import (
     DEFAULT_SITE_DIR,
     Host,
     HostName,
@@ -16,6 +15,7 @@ from rootfs.site import (
     find_site_dir,
     load_site,
 )
+from rootfs.errors import ConfigError, UserError
 
 SUBNET = '[[subnet]]\nnetwork = "10.0.0.0/24"\n'
 PC1 = '[hosts.pc1]\nmac = "52:54:00:12:34:56"\nip = "10.0.0.11"\n'

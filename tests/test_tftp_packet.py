@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rootfs.tftp.packet import (
+from rootfs.netboot.tftp.packet import (
     Ack,
     Data,
     Error,
@@ -67,7 +67,7 @@ MALFORMED = [
     b"",
     b"\x00",
     b"\x00\x04\x00",  # 3-byte ACK
-    b"\x00\x05\x00",  # 3-byte ERROR (PEERS.md: crashes some servers)
+    b"\x00\x05\x00",  # 3-byte ERROR (short ERRORs have crashed TFTP servers)
     b"\x00\x05",
     b"\x00\x01pxelinux.0",  # RRQ without NUL terminators
     b"\x00\x01pxelinux.0\x00octet",  # mode without terminator

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from rootfs.tftp.packet import ERR_ACCESS, ERR_NOT_FOUND
-from rootfs.tftp.paths import Refused, clean_untrusted, open_in_root
+from rootfs.netboot.tftp.packet import ERR_ACCESS, ERR_NOT_FOUND
+from rootfs.netboot.tftp.paths import Refused, clean_untrusted, open_in_root
 
 
 @pytest.fixture

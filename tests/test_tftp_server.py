@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 import trio
 
-from rootfs.site import Site, load_site
-from rootfs.tftp import engine
-from rootfs.tftp.packet import (
+from rootfs.config.site import Site, load_site
+from rootfs.netboot.tftp import engine
+from rootfs.netboot.tftp.packet import (
     ERR_ACCESS,
     ERR_ILLEGAL_OP,
     ERR_NOT_FOUND,
@@ -39,8 +39,8 @@ from rootfs.tftp.packet import (
     WriteRequest,
     decode_untrusted,
 )
-from rootfs.tftp.server import TftpService
-from rootfs.trace import TraceLog
+from rootfs.netboot.tftp.server import TftpService
+from rootfs.netboot.trace import TraceLog
 
 MAC = "52:54:00:12:34:11"
 HOSTS = f'[hosts.pc1]\nmac = "{MAC}"\nip = "10.0.0.11"\n'

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from rootfs.tftp.packet import (
+from rootfs.netboot.tftp.packet import (
     ERR_ILLEGAL_OP,
     ERR_OPTIONS,
     ERR_UNDEFINED,
@@ -18,7 +18,7 @@ from rootfs.tftp.packet import (
     Packet,
     ReadRequest,
 )
-from rootfs.tftp.transfer import Limits, Outcome, ReadTransfer, stray_reply, to_netascii
+from rootfs.netboot.tftp.transfer import Limits, Outcome, ReadTransfer, stray_reply, to_netascii
 
 
 def blob(size: int, seed: int = 1) -> bytes:
@@ -328,3 +328,13 @@ def test_file_shrinking_mid_transfer_fails_with_error_0() -> None:
 
 def test_netascii_conversion() -> None:
     assert to_netascii(b"a\nb\r\nc\rd") == b"a\r\nb\r\0\r\nc\r\0d"
+
+
+def test_site_config_accepts_exactly_the_ranges_the_protocol_allows() -> None:
+    """[tftp] max_blksize / max_windowsize are validated by the config layer, which cannot import
+    the TFTP core: both must keep the RFC 2348 / RFC 7440 numbers."""
+    from rootfs.config import tftp as config
+    from rootfs.netboot.tftp import transfer
+
+    assert (config.BLKSIZE_MIN, config.BLKSIZE_MAX) == (transfer.BLKSIZE_MIN, transfer.BLKSIZE_MAX)
+    assert config.WINDOWSIZE_MAX == transfer.WINDOWSIZE_MAX

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from conftest import Run
 
-from rootfs import disk
-from rootfs.build import Builder
-from rootfs.manifest import Manifest, diff, manifest_digest, serialize
-from rootfs.site import Site, load_site
-from rootfs.state import State
+from rootfs.config.site import Site, load_site
+from rootfs.engine import disk
+from rootfs.engine.build import Builder
+from rootfs.store.state import State
+from rootfs.tree.manifest import Manifest, diff, manifest_digest, serialize
 
 PC1 = "10.9.0.11"
 

@@ -30,7 +30,7 @@ import xxhash
 from rootfs.cache.objects import ObjectCache, hash_file
 from rootfs.cache.source import Source, SourceUnavailable, fetch_into, unlink_quietly
 from rootfs.cache.tree import Tree
-from rootfs.manifest import FILE, Entry, parent_of
+from rootfs.tree.manifest import FILE, Entry, parent_of
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from rootfs.cache.fetch import Fetcher, Opened
 from rootfs.cache.objects import ObjectCache
 from rootfs.cache.source import Source, SourceUnavailable
 from rootfs.cache.tree import ROOT_INO, Tree, child_path, fs_name, ino_for
-from rootfs.manifest import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Entry, parent_of
+from rootfs.tree.manifest import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Entry, parent_of
 
 log = logging.getLogger(__name__)
 

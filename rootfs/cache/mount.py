@@ -35,7 +35,7 @@ from rootfs.cache.source import Source, SourceUnavailable
 from rootfs.cache.tree import Tree
 from rootfs.durable import atomic_write_bytes
 from rootfs.errors import ManifestFormatError, UserError
-from rootfs.manifest import Manifest, manifest_digest, parse
+from rootfs.tree.manifest import Manifest, manifest_digest, parse
 
 log = logging.getLogger(__name__)
 

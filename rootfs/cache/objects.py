@@ -43,7 +43,7 @@ from rootfs.errors import UserError
 
 INDEX_HEADER = "rootfs-cache-index 1"
 BLOCK = 4096
-LOW_WATER = 0.7  # eviction brings usage down to this share of the quota (PEERS: CernVM-FS 0.5)
+LOW_WATER = 0.7  # eviction brings usage down to this share of the quota (CernVM-FS cleans to 0.5)
 MAP_THRESHOLD = 1 << 20
 MAP_CHUNK = 16 << 20
 

@@ -22,17 +22,18 @@ from typing import NamedTuple, TypeVar
 import trio
 import xxhash
 
-from rootfs.manifest import Manifest, manifest_digest, parse
+from rootfs.errors import RootfsError
+from rootfs.store.layout import PUBLISHED_MANIFEST
+from rootfs.tree.manifest import Manifest, manifest_digest, parse
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-MANIFEST = ".rootfs/manifest"
 CHUNK = 1 << 20
 
 
-class SourceUnavailable(Exception):
+class SourceUnavailable(RootfsError):
     """SOURCE did not answer in time, failed with EIO, or is no longer the published tree."""
 
 
@@ -98,7 +99,7 @@ class Source:
             self.mark_offline(os.strerror(exc.errno))
             raise SourceUnavailable(str(exc)) from exc
         if exc.errno == errno.ENOENT and not await self.call(
-            os.path.exists, self.path("/" + MANIFEST)
+            os.path.exists, self.path("/" + PUBLISHED_MANIFEST)
         ):
             self.mark_offline("published manifest missing")
             raise SourceUnavailable(str(exc)) from exc
@@ -107,9 +108,10 @@ class Source:
         """The published manifest, its bytes and digest (parsed in the thread: 100k lines)."""
 
         def load() -> tuple[Manifest, bytes, str]:
-            with open(self.path("/" + MANIFEST), "rb") as f:
+            with open(self.path("/" + PUBLISHED_MANIFEST), "rb") as f:
                 data = f.read()
-            return parse(data, source=f"{self.root}/{MANIFEST}"), data, manifest_digest(data)
+            manifest = parse(data, source=f"{self.root}/{PUBLISHED_MANIFEST}")
+            return manifest, data, manifest_digest(data)
 
         return await self.call_checked(load)
 

@@ -15,7 +15,7 @@ from collections import defaultdict
 
 import xxhash
 
-from rootfs.manifest import DIR, Entry, Manifest, parent_of
+from rootfs.tree.manifest import DIR, Entry, Manifest, parent_of
 
 log = logging.getLogger(__name__)
 

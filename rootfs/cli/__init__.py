@@ -10,7 +10,7 @@ import click
 
 from rootfs import __version__
 from rootfs.cli.context import Context
-from rootfs.errors import ManifestFormatError, UserError
+from rootfs.errors import ManifestFormatError, RootfsError, UserError
 
 # Each command's module is imported only when that command runs: the servers, FUSE and the
 # tar scanner pull in trio, pyfuse3 and compression libraries that a `rootfs build` never needs,
@@ -110,6 +110,9 @@ def main() -> None:
             err=True,
         )
         sys.exit(2)
+    except RootfsError as exc:  # raised on purpose, so its message is meant to be read
+        click.echo(f"rootfs: error: {exc}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("interrupted; run the command again to resume", err=True)
         sys.exit(130)

@@ -10,10 +10,10 @@ import click
 from rootfs.cli.context import Context
 from rootfs.cli.options import jobs_option
 from rootfs.cli.render import echo_result
-from rootfs.manifest import Change
-from rootfs.progress import Progress, human_bytes
-from rootfs.state import Generation, State
-from rootfs.update import Imported, generation_diff, import_generation, rollback_target
+from rootfs.engine.progress import Progress, human_bytes
+from rootfs.engine.update import Imported, generation_diff, import_generation, rollback_target
+from rootfs.store.state import Generation, State
+from rootfs.tree.manifest import Change
 
 
 @click.group()
@@ -115,7 +115,7 @@ def update(
 
 
 def _apply(ctx: Context, state: State, name: str, jobs: int | None) -> None:
-    from rootfs.build import Builder  # deferred: only commands that build need it
+    from rootfs.engine.build import Builder  # deferred: only commands that build need it
 
     hosts = [h for h in ctx.site.hosts if h.base == name]
     if not hosts:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from rootfs.boot.files import host_configs
-from rootfs.boot.install import install_loaders
 from rootfs.cli.context import Context
-from rootfs.tftp.config import boot_dir
+from rootfs.config.tftp import boot_dir
+from rootfs.netboot.boot.files import host_configs
+from rootfs.netboot.boot.install import install_loaders
 
 
 @click.group()

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
-from rootfs import disk
-from rootfs.build import Builder
 from rootfs.cli.context import Context
 from rootfs.cli.options import jobs_option
 from rootfs.cli.render import echo_result
+from rootfs.engine import disk
+from rootfs.engine.build import Builder
 from rootfs.errors import UserError
-from rootfs.manifest import diff
+from rootfs.tree.manifest import diff
 
 
 @click.command()

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
+from rootfs.engine.progress import human_bytes
 from rootfs.errors import UserError
-from rootfs.progress import human_bytes
 
 REFRESH_XATTR = "user.rootfs.refresh"  # answered by the mount's root (rootfs.cache.fs)
 

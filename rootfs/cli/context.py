@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rootfs.site import Site, find_site_dir, load_site
-from rootfs.state import State
+from rootfs.config.site import Site, find_site_dir, load_site
+from rootfs.store.state import State
 
 
 @dataclass

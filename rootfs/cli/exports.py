@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from rootfs.cli.context import Context
+from rootfs.config.site import Site
 from rootfs.exports.apply import ApplyResult, apply_if_auto
-from rootfs.site import Site
 
 
 def echo_apply(result: ApplyResult) -> None:

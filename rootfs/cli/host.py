@@ -7,9 +7,9 @@ import time
 
 import click
 
-from rootfs.build import Builder
 from rootfs.cli.context import Context
 from rootfs.cli.render import echo_result
+from rootfs.engine.build import Builder
 from rootfs.errors import UserError
 
 
@@ -73,7 +73,7 @@ def add(
     Example:
       rootfs host add pc7 --mac 52:54:00:12:34:57 --ip 10.0.0.17 --var role=lab
     """
-    from rootfs import inventory  # deferred: tomlkit is slow to load
+    from rootfs.config import inventory  # deferred: tomlkit is slow to load
 
     site = ctx.site
     state = ctx.state
@@ -152,7 +152,7 @@ def show(ctx: Context, name: str) -> None:
 @click.pass_obj
 def remove(ctx: Context, name: str, purge: bool) -> None:
     """Remove host NAME from the inventory (its tree is kept unless --purge)."""
-    from rootfs import inventory  # deferred: tomlkit is slow to load
+    from rootfs.config import inventory  # deferred: tomlkit is slow to load
 
     site = ctx.site
     state = ctx.state
@@ -181,12 +181,9 @@ def rebooted(ctx: Context, name: str) -> None:
     so running clients keep working; after a reboot nothing holds them. The DHCP
     server's boot trace tells rootfs the same automatically ('rootfs gc').
     """
-    from rootfs.build import ATTIC
+    from rootfs.store.layout import release_host_attic
 
     h = ctx.site.host(name)
-    attic = ctx.site.config.export_root / ATTIC / h.name
     with ctx.state.lock(f"host rebooted {name}"):
-        count = len(list(attic.iterdir())) if attic.is_dir() else 0
-        if attic.is_dir():
-            shutil.rmtree(attic)
+        count = release_host_attic(ctx.site.config.export_root, h.name)
     click.echo(f"{h.name}: released {count} attic entries")

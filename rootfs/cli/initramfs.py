@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from rootfs.boot.initramfs import DEFAULT_PACKAGE, iter_modules, prepare
 from rootfs.cli.context import Context
-from rootfs.tftp.config import boot_dir
+from rootfs.config.tftp import boot_dir
+from rootfs.netboot.boot.initramfs import DEFAULT_PACKAGE, iter_modules, prepare
 
 
 @click.command("initramfs")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from rootfs.cli.context import Context
-from rootfs.progress import human_bytes
+from rootfs.engine.progress import human_bytes
 
 
 @click.command()
@@ -21,7 +21,7 @@ from rootfs.progress import human_bytes
 @click.pass_obj
 def resolve(ctx: Context, host: str, path: str, take: str) -> None:
     """End a conflict a base update left at PATH on HOST."""
-    from rootfs.build import Builder
+    from rootfs.engine.build import Builder
 
     h = ctx.site.host(host)
     state = ctx.state
@@ -40,11 +40,14 @@ def gc(ctx: Context, dry_run: bool) -> None:
     Keeps the last [update] keep_generations generations of each base (default 3)
     and every generation a host still uses.
     """
-    from rootfs.gc import collect
+    from rootfs.netboot.trace import TraceLog
+    from rootfs.netboot.trace_report import last_boot_times
+    from rootfs.store.gc import collect
 
     state = ctx.state
     with state.lock("gc"):
-        report = collect(ctx.site, state, dry_run=dry_run)
+        boots = last_boot_times(TraceLog(state.root / "trace").events())
+        report = collect(ctx.site, state, last_boot=boots.get, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for gen in report.generations:
         click.echo(f"{verb} generation {gen.number} of base {gen.base}")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from rootfs.build import HostResult
-from rootfs.plan import Action
-from rootfs.progress import human_bytes
+from rootfs.engine.build import HostResult
+from rootfs.engine.progress import human_bytes
+from rootfs.tree.plan import Action
 
 
 def echo_result(result: HostResult) -> None:

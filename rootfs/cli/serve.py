@@ -8,8 +8,8 @@ import click
 import trio
 
 from rootfs.cli.context import Context
-from rootfs.serve import ServeOptions, configure_logging
-from rootfs.serve import serve as run_services
+from rootfs.netboot.serve import ServeOptions, configure_logging
+from rootfs.netboot.serve import serve as run_services
 
 
 @click.command()

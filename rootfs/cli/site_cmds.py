@@ -7,9 +7,10 @@ from pathlib import Path
 
 import click
 
-from rootfs import disk, inventory
 from rootfs.cli.context import Context
-from rootfs.manifest import diff
+from rootfs.config import inventory
+from rootfs.engine import disk
+from rootfs.tree.manifest import diff
 
 
 @click.command()

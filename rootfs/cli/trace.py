@@ -7,9 +7,9 @@ import time
 import click
 
 from rootfs.cli.context import Context
-from rootfs.dhcp.history import describe, normalize_mac, summarize
 from rootfs.errors import UserError
-from rootfs.trace import TraceEvent, TraceLog
+from rootfs.netboot.trace import TraceEvent, TraceLog
+from rootfs.netboot.trace_report import describe, normalize_mac, summarize
 
 
 def _when(t: float) -> str:

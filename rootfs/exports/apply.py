@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rootfs.config.site import Site
 from rootfs.durable import atomic_write_bytes
 from rootfs.errors import UserError
 from rootfs.exports import ganesha, kernel
 from rootfs.exports.model import ExportSet, desired_exports
-from rootfs.site import Site
 
 EXPORTFS = "exportfs"
 GANESHA = "ganesha.nfsd"

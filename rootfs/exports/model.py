@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import PurePosixPath
 
+from rootfs.config.exports import Client, SharedExport
+from rootfs.config.site import HostName, Site
 from rootfs.errors import UserError
-from rootfs.exports.config import Client, SharedExport
-from rootfs.site import HostName, Site
 
 
 @dataclass(frozen=True)
