@@ -180,7 +180,7 @@ async def test_the_end_of_the_fd_reaches_every_worker(pipe: tuple[int, int]) -> 
 
 
 def test_install_keeps_pyfuse3_loop_on_an_unknown_version(
-    monkeypatch: pytest.MonkeyPatch, pipe: tuple[int, int]
+    monkeypatch: pytest.MonkeyPatch, pipe: tuple[int, int], caplog: pytest.LogCaptureFixture
 ) -> None:
     original = pyfuse3._wait_fuse_readable  # type: ignore[attr-defined]
 
@@ -189,6 +189,8 @@ def test_install_keeps_pyfuse3_loop_on_an_unknown_version(
 
     monkeypatch.setattr(pyfuse3, "__version__", "4.0.0")
     assert trio.run(attempt) is None
+    warned = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert warned and "pyfuse3 4.0.0" in warned[0].getMessage()  # an administrator sees it
     monkeypatch.setattr(pyfuse3, "__version__", "3.5.0")
     monkeypatch.setenv("ROOTFS_FUSE_LOOP", "pyfuse3")
     assert trio.run(attempt) is None

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+NETBOOT = "netboot layers, DHCP and TFTP apart"
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 pytestmark = pytest.mark.skipif(not LINT_IMPORTS.exists(), reason="import-linter not installed")
@@ -49,7 +50,7 @@ def test_the_package_keeps_every_contract() -> None:
         # Front ends are independent of each other.
         ("cache/stats.py", "import rootfs.exports.model", "Layers point down"),
         # DHCP and TFTP know nothing of each other.
-        ("netboot/tftp/server.py", "import rootfs.netboot.dhcp.packet", "netboot layers, DHCP and TFTP apart"),
+        ("netboot/tftp/server.py", "import rootfs.netboot.dhcp.packet", NETBOOT),
         # A sans-IO codec does no I/O, not even through the standard library.
         ("netboot/dhcp/packet.py", "import socket", "Pure cores do no I/O"),
         ("tree/compose.py", "import os", "Pure cores do no I/O"),

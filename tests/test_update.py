@@ -18,6 +18,7 @@ from conftest import Run
 from rootfs.config.site import Site, load_site
 from rootfs.engine import disk
 from rootfs.engine.build import Builder
+from rootfs.netboot.trace import TraceLog
 from rootfs.store.state import State
 from rootfs.tree.manifest import Manifest, diff, manifest_digest, serialize
 
@@ -188,6 +189,26 @@ def test_replaced_files_stay_reachable_until_reboot(run: Run, built: Path, tmp_p
     assert next(attic.rglob("big.bin")).stat().st_ino == old_inode  # the same inode, by name
     assert "released 1 attic entries" in run("host", "rebooted", "pc1").stdout
     assert not attic.exists()
+
+
+def test_gc_releases_the_attic_once_the_host_boots_again_not_when_it_renews(
+    run: Run, built: Path, tmp_path: Path
+) -> None:
+    v2 = make_v2(built, tmp_path)
+    (v2 / "big.bin").write_bytes(b"new content")
+    run("base", "update", "zoo", str(v2))
+    attic = tmp_path / "export/.attic/pc1"
+    assert any(attic.iterdir())
+    trace = TraceLog(tmp_path / "state" / "trace")
+    time.sleep(1.1)  # attic entries are stamped in whole seconds
+    # A running client renewing its lease still holds the old inodes.
+    trace.record("dhcp", "request", mac="52:54:00:00:00:11", host="pc1", reply="ack")
+    assert "0 attic entries" in run("gc").stdout
+    assert any(attic.iterdir())
+    # A DISCOVER is a boot: nothing holds them any more.
+    trace.record("dhcp", "discover", mac="52:54:00:00:00:11", host="pc1", reply="offer")
+    out = run("gc").stdout
+    assert "1 attic entries" in out and not any(attic.iterdir())
 
 
 def test_gc_keeps_what_is_referenced(run: Run, site: Path, built: Path, tmp_path: Path) -> None:

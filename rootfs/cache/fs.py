@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import math
 import os
 import stat
 from collections.abc import Callable, Coroutine, Sequence
@@ -37,6 +38,7 @@ from rootfs.cache.fetch import Fetcher, Opened
 from rootfs.cache.objects import ObjectCache
 from rootfs.cache.source import Source, SourceUnavailable
 from rootfs.cache.tree import ROOT_INO, Tree, child_path, fs_name, ino_for
+from rootfs.errors import ManifestFormatError
 from rootfs.tree.manifest import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Entry, parent_of
 
 log = logging.getLogger(__name__)
@@ -156,7 +158,7 @@ class CacheFS(pyfuse3.Operations):
         self.options = options
         root = tree.get("/")
         if root is None:
-            raise ValueError("the manifest has no root entry")
+            raise ManifestFormatError(f"manifest {digest}: it has no root entry '/'")
         self.nodes: dict[int, Node] = {ROOT_INO: Node(ROOT_INO, "/", root, lookups=1)}
         self.live: set[str] = set()
         self.live_trees: set[str] = set()
@@ -170,8 +172,11 @@ class CacheFS(pyfuse3.Operations):
         self._next_fh = 1
         self._diverged_logged: set[str] = set()
         self._refresh_lock = trio.Lock()
+        # Unbounded on purpose: a dropped invalidation would let the kernel serve stale pages for a
+        # day (LONG_TIMEOUT). Each manifest switch queues at most one per inode the kernel knows,
+        # so the backlog is bounded by the inode table, and the worker drains it at once.
         self._inval_send, self._inval_recv = trio.open_memory_channel[Invalidation | trio.Event](
-            1000
+            math.inf
         )
         self.fetcher = Fetcher(
             tree,
@@ -730,10 +735,7 @@ class CacheFS(pyfuse3.Operations):
         return changed
 
     def _queue(self, item: Invalidation) -> None:
-        try:
-            self._inval_send.send_nowait(item)
-        except trio.WouldBlock:
-            log.warning("invalidation queue full; dropping one (the kernel may serve stale data)")
+        self._inval_send.send_nowait(item)  # never blocks: the channel is unbounded
 
     async def run_invalidations(self) -> None:
         """Send queued invalidations to the kernel from a worker thread (the S3QL way)."""

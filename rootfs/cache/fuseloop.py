@@ -33,8 +33,16 @@ Termination: `FuseWaiter.close` goes with ``pyfuse3.terminate`` and tells every 
 to stop (a worker serving a request sees pyfuse3's own exit flag), and an unmount makes the fd
 report an error, which each worker in turn reads as the end.
 
+The worker count: pyfuse3 counts its idle workers (``active_readers``) inside the function
+replaced here, starts another worker after each request read while that count is zero, and
+retires a worker when more than ``min_tasks`` are idle. With `FuseWaiter` the count stays zero,
+so the pool grows to ``max_tasks`` (`rootfs.cache.mount.MAX_TASKS`, 32) within the first
+requests and never shrinks; the extra workers sleep in a parking lot and cost a trio task each,
+nothing per request. With pyfuse3's own loop the pool grows only while handlers are suspended.
+
 This relies on pyfuse3 internals, so `install` checks the version it was written against
-and otherwise leaves pyfuse3's own loop in place.
+(pyproject.toml pins pyfuse3 to those releases) and otherwise leaves pyfuse3's own loop in
+place, with a warning: requests then cost about twice the CPU.
 """
 
 from __future__ import annotations
@@ -156,9 +164,15 @@ def install(fd: int) -> FuseWaiter | None:
     """
     version = getattr(pyfuse3, "__version__", "")
     if os.environ.get("ROOTFS_FUSE_LOOP") == "pyfuse3":  # for comparisons, and a way out
+        log.info("ROOTFS_FUSE_LOOP=pyfuse3: using pyfuse3's own request loop")
         return None
     if not version.startswith(KNOWN_VERSIONS) or not hasattr(pyfuse3, "_wait_fuse_readable"):
-        log.debug("pyfuse3 %s: keeping its own request loop", version)
+        log.warning(
+            "pyfuse3 %s is not a release rootfs's request loop was checked against (%s);"
+            " using pyfuse3's own loop, which costs about twice the CPU per request",
+            version,
+            ", ".join(v + "x" for v in KNOWN_VERSIONS),
+        )
         return None
     waiter = FuseWaiter(fd)
     trio.lowlevel.add_instrument(waiter)

@@ -118,7 +118,11 @@ def check(site: Site) -> list[str]:
             f"file: {rendered.path} differs from the inventory; run 'rootfs exports apply'"
         )
     if rendered.backend == "kernel":
-        live = kernel.parse_exportfs_v(_run_exportfs(["-v"], rendered.path))
+        output = _run_exportfs(["-v"], rendered.path)
+        try:
+            live = kernel.parse_exportfs_v(output)
+        except ValueError as exc:  # an exportfs whose output format we do not know
+            raise UserError(f"exports check: {exc}; compare by hand with 'exportfs -v'") from exc
         drift += kernel.compare_kernel(
             rendered.exports.exports, live, export_root=str(site.config.export_root)
         )

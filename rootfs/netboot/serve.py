@@ -109,6 +109,10 @@ async def serve(
                 log.info("serve: %s, stopping", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break
+    for name, service in services:  # what each server counted, for the journal
+        counters: dict[str, int] = getattr(service, "stats", {})
+        if counters:
+            log.info("serve: %s %s", name, " ".join(f"{k}={v}" for k, v in counters.items()))
     log.info("serve: stopped")
 
 

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from rootfs.durable import fsync_dir
+from rootfs.durable import atomic_write_bytes
 from rootfs.errors import UserError
 from rootfs.netboot.dhcp.leases import Lease
 
@@ -125,15 +125,8 @@ class LeaseJournal:
         self.lines = len(leases)
 
     def _rewrite(self, leases: list[Lease]) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, HEADER + b"".join(format_lease(lease) for lease in leases))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        fsync_dir(self.path.parent)
+        data = HEADER + b"".join(format_lease(lease) for lease in leases)
+        atomic_write_bytes(self.path, data, durable=self.sync)
 
     def close(self) -> None:
         if self._fd is not None:
