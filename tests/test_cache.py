@@ -562,7 +562,8 @@ def test_kill9_then_remount_reads_correctly(site: Site, many_files: Path, mount:
     assert "index rebuilt" in mount.log_text()
     assert os.listdir(mount.cache / "tmp") == []
     for name in sorted(os.listdir(tree / "data")):
-        assert (mount.mountpoint / "data" / name).read_bytes() == (tree / "data" / name).read_bytes()
+        wanted = (tree / "data" / name).read_bytes()
+        assert (mount.mountpoint / "data" / name).read_bytes() == wanted
     mount.stop()
     assert mount.counters()["hits"] >= 4  # what was admitted before the kill is used again
 
