@@ -32,7 +32,7 @@ from pathlib import Path
 from bench.common import REPO, Row, Timing, format_table, measure, run, timed
 
 DEFAULT_BASE = Path("/var/cache/rootfs-dev/base-bookworm")
-MKBASE = REPO.parent / "shared" / "tools" / "mkbase"
+MAKE_DEBIAN_BASE = REPO / "scripts" / "make-debian-base"
 
 HARDLINK_TARGET = 3.0
 COPY_TARGET = 1.5
@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         "--base",
         type=Path,
         default=DEFAULT_BASE,
-        help="base tree (built with mkbase if it is missing; default %(default)s)",
+        help="base tree (built with scripts/make-debian-base if missing; default %(default)s)",
     )
     parser.add_argument("--runs", type=int, default=5, help="timed runs of each (default 5)")
     parser.add_argument(
@@ -100,18 +100,16 @@ def debian_complete(tree: Path) -> bool:
 
 
 def ensure_base(base: Path) -> None:
-    """Build a Debian minbase at *base* with mkbase unless one is already there."""
+    """Build a Debian minbase at *base* with scripts/make-debian-base unless one is there."""
     if debian_complete(base):
         return
     if base.exists():
         sys.exit(f"bench: {base} exists but is not a finished Debian tree; remove it or use --base")
-    if not MKBASE.exists():
-        sys.exit(f"bench: no base at {base} and no {MKBASE} to build one; pass --base DIR")
-    print(f"bench: building a Debian minbase at {base} with {MKBASE} ...", file=sys.stderr)
+    print(f"bench: building a Debian minbase at {base} ...", file=sys.stderr)
     partial = base.with_name(base.name + ".tmp")
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([str(MKBASE), str(partial), "bookworm"], check=True)
+    subprocess.run([str(MAKE_DEBIAN_BASE), str(partial), "bookworm"], check=True)
     partial.rename(base)
 
 

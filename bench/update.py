@@ -236,7 +236,7 @@ class Bench:
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     if not opts.base.is_dir():
-        sys.exit(f"bench: no base at {opts.base}; build one with ../shared/tools/mkbase")
+        sys.exit(f"bench: no base at {opts.base}; build one with scripts/make-debian-base")
     tmp = Path(
         tempfile.mkdtemp(prefix="rootfs-bench-update-", dir=opts.workdir or opts.base.parent)
     )
