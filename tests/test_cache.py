@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from rootfs.cache.objects import charge
+
 HOST_IP = "10.9.0.11"
 FIND_FORMAT = r"%P\t%y\t%m\t%U\t%G\t%T@\t%l\t%n\t%s\n"
 
@@ -545,6 +547,115 @@ for top, dirs, files in os.walk("."):
             f.read()
         time.sleep(0.02)
 """
+
+
+class DiskSampler:
+    """Samples how much a filesystem holds (statvfs: one consistent figure, unlike a walk of
+    its files) every few milliseconds from a thread; `peak` is the most it saw."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.peak = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def used(self) -> int:
+        st = os.statvfs(self.root)
+        return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.used())
+            self.samples += 1
+            time.sleep(0.001)
+
+    def __enter__(self) -> DiskSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.fixture
+def cache_fs(mount: Mount) -> Iterator[Path]:
+    """The cache directory on a tmpfs of its own, so its usage can be sampled exactly."""
+    mount.cache.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "rootfs-test-cache", mount.cache],
+                   check=True)  # fmt: skip
+    try:
+        yield mount.cache
+    finally:
+        mount.stop()
+        subprocess.run(["umount", "-l", mount.cache], check=False)
+
+
+def test_quota_holds_while_open_files_pin_most_of_it(
+    site: Site, many_files: Path, mount: Mount, cache_fs: Path
+) -> None:
+    """Files held open pin their objects; a miss that finds no room left is read through
+    (verified, uncached) instead of pushing the cache past its quota, at any moment."""
+    rng = random.Random(16)
+    for name, size in (("a", 4_700_000), ("b", 2_900_000), ("c", 1_400_000)):
+        (many_files / name).write_bytes(rng.randbytes(size))
+    tree = site.publish(many_files)
+    quota = 8 << 20
+    mount.start("--quota", "8M")
+    stats = mount.stats()
+    assert stats["quota"] == quota  # shown from the moment the mount starts
+    mnt = mount.mountpoint
+    wanted = {rel: (tree / rel).read_bytes() for rel in ("a", "b", "c")}
+    names = sorted(os.listdir(tree / "data"))
+    wanted |= {f"data/{n}": (tree / "data" / n).read_bytes() for n in names}
+    errors: list[str] = []
+
+    def reader(seed: int) -> None:
+        order = [f"data/{n}" for n in names]
+        random.Random(seed).shuffle(order)
+        for rel in order:
+            if (mnt / rel).read_bytes() != wanted[rel]:
+                errors.append(rel)
+
+    # Besides objects, the cache directory holds its bookkeeping: the manifest copy, and
+    # stats.json and the boot set, each rewritten through a temp file (two pages at most).
+    bookkeeping = charge((cache_fs / "manifest").stat().st_size) + 4 * 4096
+    with DiskSampler(cache_fs) as sampler:
+        with open(mnt / "a", "rb") as held_a, open(mnt / "b", "rb") as held_b:
+            assert held_a.read() == wanted["a"] and held_b.read() == wanted["b"]
+            assert (mnt / "c").read_bytes() == wanted["c"]  # 7.6 MiB pinned: no room for c
+            threads = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            time.sleep(0.05)  # a few samples with everything still held
+        assert (mnt / "c").read_bytes() == wanted["c"]  # room again: c is cached now
+    assert errors == []
+    assert sampler.samples > 100
+    assert sampler.peak - bookkeeping <= quota, f"the cache held {sampler.peak} bytes"
+    mount.stop()
+    assert mount.counters()["read_through"] >= 1
+    charged = mount.stats()["charged"]
+    assert isinstance(charged, int) and charged <= quota
+
+
+def test_a_cache_over_its_quota_is_brought_under_it_at_mount(
+    site: Site, many_files: Path, mount: Mount
+) -> None:
+    tree = site.publish(many_files)
+    mount.start()
+    for name in sorted(os.listdir(tree / "data")):
+        (mount.mountpoint / "data" / name).read_bytes()
+    mount.stop()
+    assert mount.stats()["charged"] == 48 * (256 << 10)
+    mount.start("--quota", "4M")
+    stats = mount.stats()
+    assert stats["quota"] == 4 << 20
+    assert isinstance(stats["charged"], int) and stats["charged"] <= 4 << 20
+    mount.stop()
+    assert mount.counters()["evictions"] > 0
 
 
 def test_kill9_then_remount_reads_correctly(site: Site, many_files: Path, mount: Mount) -> None:

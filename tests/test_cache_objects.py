@@ -3,6 +3,7 @@ LRU eviction, index recovery and offline verification."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -79,13 +80,41 @@ def test_eviction_is_lru_to_the_low_water_mark_and_spares_pinned(tmp_path: Path)
     cache.touch(digests[0])  # now the most recently used
     cache.pin(digests[1])  # open: never evicted
     assert not cache.over_quota()
-    assert cache.over_quota(1)
+    assert not cache.room_for(1)
     victims = cache.choose_victims(4096)
     cache.unlink_objects(victims)
     assert victims == digests[2:6]
     assert cache.used == 6 * 4096 <= 0.7 * cache.quota - charge(4096)  # type: ignore[operator]
     assert all(not os.path.exists(cache.object_path(d)) for d in victims)
     assert cache.counters.evictions == 4
+
+
+def test_reserved_fetches_count_against_the_quota(tmp_path: Path) -> None:
+    cache = ObjectCache(tmp_path, quota=10 * 4096)
+    cache.open()
+    digests = [put(cache, bytes([i]) * 4000) for i in range(6)]
+    assert cache.room_for(4 * 4096)
+    cache.reserve(3 * 4096)  # a fetch in flight: its temp file is charged already
+    assert not cache.room_for(2 * 4096) and cache.room_for(4096)
+    assert not cache.has_room(1)  # read-ahead stays under the low water mark
+    for digest in digests:
+        cache.pin(digest)  # everything open: nothing to evict
+    assert cache.choose_victims(2 * 4096) == []
+    cache.unreserve(3 * 4096)
+    assert cache.room_for(4 * 4096)
+
+
+def test_a_cache_over_a_lowered_quota_is_trimmed_when_opened(tmp_path: Path) -> None:
+    cache = ObjectCache(tmp_path, quota=None)
+    cache.open()
+    for i in range(10):
+        put(cache, bytes([i]) * 4000)
+    cache.close()
+    smaller = ObjectCache(tmp_path, quota=5 * 4096)
+    smaller.open()
+    assert smaller.used <= 0.7 * 5 * 4096
+    assert len(list((tmp_path / "objects").glob("*/*"))) == len(smaller)
+    assert json.loads((tmp_path / "stats.json").read_text())["quota"] == 5 * 4096
 
 
 def test_index_survives_a_clean_close_and_is_rebuilt_after_a_crash(tmp_path: Path) -> None:

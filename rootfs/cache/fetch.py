@@ -10,10 +10,18 @@ SOURCE serves it as it is. One task at a time works on a digest; others wait for
 Background fetches fill the cache ahead of readers: read-ahead takes a directory's other files
 after its first miss, prefetch takes the previous mount's boot set. Neither ever causes an
 eviction, and their failures are only logged.
+
+The quota holds at every moment (`ObjectCache`): a fetch reserves its charge first, evicting
+least recently used objects if it must. When the objects open files hold (pinned) leave no room,
+the miss is *read through*: copied from SOURCE into memory (a memfd) and hashed on the way,
+served from there once the hash matched, and dropped at close without entering the cache. So
+the disk never holds more than the quota; the price is memory for such files while they are
+open. When pinned objects are released, the cache is brought back under the quota at once.
 """
 
 from __future__ import annotations
 
+import enum
 import errno
 import logging
 import math
@@ -28,7 +36,13 @@ import trio
 import xxhash
 
 from rootfs.cache.objects import ObjectCache, hash_file
-from rootfs.cache.source import Source, SourceUnavailable, fetch_into, unlink_quietly
+from rootfs.cache.source import (
+    Source,
+    SourceUnavailable,
+    fetch_into,
+    fetch_into_fd,
+    unlink_quietly,
+)
 from rootfs.cache.tree import Tree
 from rootfs.tree.manifest import FILE, Entry, parent_of
 
@@ -45,11 +59,21 @@ READAHEAD_MAX = 16 << 20  # larger files are fetched only when opened
 @dataclass
 class Opened:
     """A verified cached object, open: its bytes (small objects, read whole at open) or an fd
-    (larger ones, pinned until `Fetcher.close` so eviction never takes one a reader holds)."""
+    (larger ones, pinned until `Fetcher.close` so eviction never takes one a reader holds).
+    A read-through copy is an fd on memory, outside the cache (`cached` False)."""
 
     digest: str
     fd: int = -1
     data: bytes | None = None
+    cached: bool = True
+
+
+class Fetch(enum.Enum):
+    """How a fetch ended."""
+
+    ADMITTED = "admitted"  # the object is in the cache now
+    UNCACHED = "uncached"  # SOURCE must serve the path (it differs from the manifest, ENOSPC)
+    NO_ROOM = "no-room"  # the quota is held by pinned objects (or, speculative, past low water)
 
 
 class Fetcher:
@@ -77,7 +101,6 @@ class Fetcher:
         self.boot_set: dict[str, None] = {}  # digests opened in the boot window, in order
         self._inflight: dict[str, trio.Event] = {}
         self._readahead_dirs: set[str] = set()
-        self._readahead_bytes = 0  # being fetched by read-ahead right now
         self._readahead_send, self._readahead_recv = trio.open_memory_channel[tuple[str, str, int]](
             math.inf
         )
@@ -88,10 +111,14 @@ class Fetcher:
         self._readahead_dirs.clear()
 
     def close(self, opened: Opened) -> None:
-        """The reader is done with *opened*."""
+        """The reader is done with *opened*; if the cache was held over its quota only by what
+        readers held, it goes back under it now, not at the next miss."""
         if opened.fd >= 0:
             os.close(opened.fd)
-            self.cache.unpin(opened.digest)
+            if opened.cached:
+                self.cache.unpin(opened.digest)
+                if self.cache.over_quota():
+                    self._evict(0)
 
     async def open_cached(self, path: str, entry: Entry) -> Opened | None:
         """The verified cached object of *entry* (at *path*), open, fetching it if needed.
@@ -119,9 +146,12 @@ class Fetcher:
                 await self._guarded(digest, self._verify(digest, size))
                 continue
             self._read_ahead(path)
-            fetched_here = await self._guarded(digest, self._fetch(path, digest, size))
-            if not fetched_here:
+            outcome = await self._guarded(digest, self._fetch(path, digest, size))
+            if outcome is Fetch.NO_ROOM:
+                return await self._read_through(path, digest)
+            if outcome is Fetch.UNCACHED:
                 return None
+            fetched_here = True
 
     async def _guarded(self, digest: str, work: Awaitable[R]) -> R:
         event = self._inflight[digest] = trio.Event()
@@ -188,14 +218,47 @@ class Fetcher:
         if victims:
             log.info("evicted %d objects; %d bytes cached", len(victims), self.cache.used)
 
-    async def _fetch(self, path: str, digest: str, size: int) -> bool:
-        """Copy *path* from SOURCE into the cache; True once admitted under *digest*."""
+    async def _fetch(
+        self, path: str, digest: str, size: int, *, speculative: bool = False
+    ) -> Fetch:
+        """Copy *path* from SOURCE into the cache, admitted under *digest* if its hash matches.
+
+        The fetch's charge is reserved before a byte is written. A *speculative* fetch (read-ahead,
+        prefetch) never evicts: it needs room under the low water mark.
+        """
         if not self.cache.fits(size):
-            return False
+            return Fetch.UNCACHED
         if not self.source.online:
             raise SourceUnavailable(f"{path}: source offline")
-        if self.cache.over_quota(size):
+        if speculative:
+            if not self.cache.has_room(size):
+                return Fetch.NO_ROOM
+        elif not self.cache.room_for(size):
             self._evict(size)
+            if not self.cache.room_for(size):
+                return Fetch.NO_ROOM  # what is left is pinned by open files
+        self.cache.reserve(size)
+        try:
+            tmp = await self._copy_verified(path, digest, size)
+        finally:
+            self.cache.unreserve(size)
+        if tmp is None:
+            return Fetch.UNCACHED
+        # No checkpoint since the reservation ended: the object takes its place in one step.
+        final = self.cache.object_path(digest)
+        try:
+            os.rename(tmp, final)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(final), mode=0o700, exist_ok=True)
+            os.rename(tmp, final)
+        self.cache.admitted(digest, size)
+        self.cache.counters.misses += 1
+        self.cache.counters.fetched_bytes += size
+        return Fetch.ADMITTED
+
+    async def _copy_verified(self, path: str, digest: str, size: int) -> str | None:
+        """A temp file holding *path*'s bytes from SOURCE, hashed as *digest*; None when SOURCE
+        must serve the path instead (its bytes differ, it is gone, or the disk is full)."""
         for attempt in range(2):
             tmp = self.cache.new_tmp()
             try:
@@ -205,34 +268,54 @@ class Fetcher:
                 if exc.errno == errno.ENOSPC and attempt == 0:
                     self._evict(size, target=self.cache.used * 0.7)
                     continue
-                if exc.errno == errno.ENOSPC:
-                    return False
-                if exc.errno in (errno.ENOENT, errno.ELOOP, errno.EISDIR, errno.ENOTDIR):
-                    self._on_diverged(path, "is no longer a file on the source")
-                    return False
-                raise
+                if exc.errno != errno.ENOSPC:
+                    self._source_failed(path, exc)
+                return None
             except BaseException:
                 unlink_quietly(tmp)
                 raise
             if fetched.digest != digest:
                 unlink_quietly(tmp)
                 self._on_diverged(path, "differs on the source from the manifest")
-                return False
-            final = self.cache.object_path(digest)
-            try:
-                os.rename(tmp, final)
-            except FileNotFoundError:
-                os.makedirs(os.path.dirname(final), mode=0o700, exist_ok=True)
-                os.rename(tmp, final)
-            self.cache.admitted(digest, fetched.size)
-            if self.cache.over_quota():  # concurrent fetches all passed the check above
-                self.cache.pin(digest)  # never the object just admitted
-                self._evict(0)
-                self.cache.unpin(digest)
-            self.cache.counters.misses += 1
-            self.cache.counters.fetched_bytes += fetched.size
-            return True
-        return False
+                return None
+            return tmp
+        return None
+
+    def _source_failed(self, path: str, exc: OSError) -> None:
+        """A read of SOURCE failed: the path is gone or changed type (it diverged), or the error
+        is SOURCE's own (raised on)."""
+        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.EISDIR, errno.ENOTDIR):
+            self._on_diverged(path, "is no longer a file on the source")
+            return
+        raise exc
+
+    async def _read_through(self, path: str, digest: str) -> Opened | None:
+        """Serve a miss without caching it: a verified copy in memory, gone at close."""
+        fd = os.memfd_create("rootfs-read-through", os.MFD_CLOEXEC)
+        try:
+            fetched = await self.source.call_checked(fetch_into_fd, self.source.path(path), fd)
+        except OSError as exc:
+            os.close(fd)
+            self._source_failed(path, exc)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        if fetched.digest != digest:
+            os.close(fd)
+            self._on_diverged(path, "differs on the source from the manifest")
+            return None
+        counters = self.cache.counters
+        counters.misses += 1
+        counters.read_through += 1
+        counters.fetched_bytes += fetched.size
+        if counters.read_through == 1 or counters.read_through % 1000 == 0:
+            log.warning(
+                "cache quota held by open files: %s read through, uncached (%d so far)",
+                path,
+                counters.read_through,
+            )
+        return Opened(digest, fd=fd, cached=False)
 
     def _note_boot(self, digest: str) -> None:
         if time.monotonic() - self.started < self.boot_window:
@@ -293,13 +376,8 @@ class Fetcher:
 
         async def worker() -> None:
             async for digest, path, size in self._readahead_recv:
-                if not self.cache.has_room(self._readahead_bytes + size):
-                    continue  # the cache filled up since this was queued
-                self._readahead_bytes += size
-                try:
-                    await self._fetch_quietly(digest, path, size, "read-ahead")
-                finally:
-                    self._readahead_bytes -= size
+                # Skipped without a fetch if the cache filled up since this was queued.
+                await self._fetch_quietly(digest, path, size, "read-ahead")
 
         async with trio.open_nursery() as nursery:
             for _ in range(self._readahead):
@@ -316,7 +394,10 @@ class Fetcher:
         if self.cache.has(digest) or digest in self._inflight:
             return False
         try:
-            return await self._guarded(digest, self._fetch(path, digest, size))
+            outcome = await self._guarded(
+                digest, self._fetch(path, digest, size, speculative=True)
+            )
         except (OSError, SourceUnavailable, pyfuse3.FUSEError) as exc:
             log.info("%s of %s failed: %s", why, path, exc)
             return False
+        return outcome is Fetch.ADMITTED

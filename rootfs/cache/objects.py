@@ -20,7 +20,12 @@ downloading, we check on each mount's first use), so an object torn by a power c
 removed and fetched again, and cold reads do not pay 0.8 ms of fsync per file (measured here).
 
 Quota accounting charges each object its size rounded up to 4 KiB blocks (at least one), close
-to what it costs on disk, so a cache of many small files does not overrun the disk.
+to what it costs on disk, so a cache of many small files does not overrun the disk. The quota
+holds at every moment: a fetch reserves its charge before it writes a byte (so concurrent
+fetches cannot overrun it together), eviction takes least recently used objects but never one an
+open file holds (pinned), and when pinned objects leave no room the miss is read through without
+entering the cache (see `rootfs.cache.fetch`). Deleted-but-open files therefore cannot push the
+cache past its quota, the hole CernVM-FS users reported.
 """
 
 from __future__ import annotations
@@ -99,6 +104,7 @@ class Counters:
     bad_objects: int = 0
     mismatches: int = 0
     source_errors: int = 0
+    read_through: int = 0  # misses served without caching: open files pinned the whole quota
 
     @classmethod
     def load(cls, path: Path) -> Counters:
@@ -135,7 +141,8 @@ class ObjectCache:
         self.tmp = root / "tmp"
         self.quota = quota
         self._lru: OrderedDict[str, int] = OrderedDict()
-        self.used = 0
+        self.used = 0  # charged to the objects in the index
+        self.reserved = 0  # charged to fetches in flight (their temp files)
         self._pins: Counter[str] = Counter()
         self.verified: set[str] = set()  # hashed and found good during this mount
         self.counters = Counters()
@@ -157,6 +164,10 @@ class ObjectCache:
         with contextlib.suppress(FileNotFoundError):
             clean.unlink()
         self.counters = Counters.load(self.root / "stats.json")
+        # A cache over its quota (the quota was lowered, or an older rootfs let it overrun) is
+        # brought under it before anything is served; nothing is open yet, so nothing is pinned.
+        self.unlink_objects(self.choose_victims())
+        self.save_stats()  # `rootfs cache stats` shows this mount's quota from the start
 
     def close(self) -> None:
         """Write the index and counters back; the index is trusted by the next mount."""
@@ -202,6 +213,7 @@ class ObjectCache:
             "objects": len(self._lru),
             "bytes": self.used,
             "quota": self.quota,
+            "pinned": sum(self._lru.get(d, 0) for d in self._pins),
             "counters": asdict(self.counters),
         }
         atomic_write_bytes(self.root / "stats.json", json.dumps(data, indent=1).encode())
@@ -262,11 +274,25 @@ class ObjectCache:
     def has_room(self, incoming: int) -> bool:
         """Whether *incoming* more bytes keep usage under the low water mark: the room for
         speculative fetches, which must never be the reason something is evicted."""
-        return self.quota is None or self.used + charge(incoming) <= self.quota * LOW_WATER
+        return self.quota is None or self._charged() + charge(incoming) <= self.quota * LOW_WATER
 
-    def over_quota(self, incoming: int = 0) -> bool:
-        extra = charge(incoming) if incoming else 0
-        return self.quota is not None and self.used + extra > self.quota
+    def room_for(self, incoming: int) -> bool:
+        """Whether an object of *incoming* bytes can be fetched now without passing the quota."""
+        return self.quota is None or self._charged() + charge(incoming) <= self.quota
+
+    def reserve(self, incoming: int) -> None:
+        """Charge a fetch's temp file against the quota before it is written (`room_for` first)."""
+        self.reserved += charge(incoming)
+
+    def unreserve(self, incoming: int) -> None:
+        """The fetch is over: its object was admitted (and charged as such) or abandoned."""
+        self.reserved -= charge(incoming)
+
+    def over_quota(self) -> bool:
+        return self.quota is not None and self._charged() > self.quota
+
+    def _charged(self) -> int:
+        return self.used + self.reserved
 
     def choose_victims(self, incoming: int = 0, *, target: float | None = None) -> list[str]:
         """Remove least-recently-used, unpinned objects from the index until usage plus
@@ -279,7 +305,7 @@ class ObjectCache:
         goal = target - charge(incoming) if incoming else target
         victims = []
         for digest in list(self._lru):
-            if self.used <= goal:
+            if self._charged() <= goal:
                 break
             if digest in self._pins:
                 continue

@@ -117,7 +117,16 @@ class Source:
 
 
 def fetch_into(src: str, tmp: str) -> Fetched:
-    """Copy the regular file *src* to the new file *tmp*, hashing what is read (blocking).
+    """Copy the regular file *src* to the new file *tmp*, hashing what is read (blocking)."""
+    dfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        return fetch_into_fd(src, dfd)
+    finally:
+        os.close(dfd)
+
+
+def fetch_into_fd(src: str, dfd: int) -> Fetched:
+    """Copy the regular file *src* to the open file *dfd*, hashing what is read (blocking).
 
     O_NOFOLLOW: a path the manifest calls a file must not lead elsewhere through a
     symlink planted on the host; that reads as a mismatch, not as someone else's bytes.
@@ -126,14 +135,10 @@ def fetch_into(src: str, tmp: str) -> Fetched:
     size = 0
     sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        dfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            while data := os.read(sfd, CHUNK):
-                hasher.update(data)
-                size += len(data)
-                _write_all(dfd, data)
-        finally:
-            os.close(dfd)
+        while data := os.read(sfd, CHUNK):
+            hasher.update(data)
+            size += len(data)
+            _write_all(dfd, data)
     finally:
         os.close(sfd)
     return Fetched(str(hasher.hexdigest()), size)

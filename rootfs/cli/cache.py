@@ -196,6 +196,7 @@ def stats(cache_dir: Path, as_json: bool) -> None:
         f" {human_bytes(result.charged)}, quota {quota})",
         f"hits          {c.hits}{rate}",
         f"misses        {c.misses} ({human_bytes(c.fetched_bytes)} fetched)",
+        f"read through  {c.read_through} (uncached: open files held the quota)",
         f"evictions     {c.evictions} ({human_bytes(c.evicted_bytes)})",
         f"bad objects   {c.bad_objects}",
         f"mismatches    {c.mismatches} (source differs from its manifest)",
