@@ -49,6 +49,7 @@ def raw(
     options: bytes,
     *,
     op: int = BOOTREQUEST,
+    htype: int = 1,
     hlen: int = 6,
     sname: bytes = b"",
     file: bytes = b"",
@@ -56,7 +57,7 @@ def raw(
 ) -> bytes:
     """A request built by hand, independent of `encode`."""
     header = HEADER.pack(
-        op, 1, hlen, 0, 0xDEADBEEF, 3, 0x8000, bytes(4), bytes(4), bytes(4), bytes(4),
+        op, htype, hlen, 0, 0xDEADBEEF, 3, 0x8000, bytes(4), bytes(4), bytes(4), bytes(4),
         MAC.ljust(16, b"\0"), sname.ljust(64, b"\0"), file.ljust(128, b"\0"),
     )  # fmt: skip
     return header + cookie + options
@@ -146,6 +147,9 @@ def test_user_class_both_forms(value: bytes, classes: tuple[bytes, ...]) -> None
         (raw(bytes([52, 1, 2, 53, 1, 1, 255]), sname=b"\x0c\x02pc"), "sname field"),
         (raw(bytes([53, 1, 1, 255]), op=3), "op 3"),
         (raw(bytes([53, 1, 1, 255]), hlen=4), "Ethernet chaddr"),
+        (raw(bytes([53, 1, 1, 255]), hlen=0), "hlen 0"),
+        (raw(bytes([53, 1, 1, 255]), htype=6, hlen=0), "hlen 0"),  # IEEE 802 networks
+        (raw(bytes([53, 1, 1, 255]), htype=0, hlen=0), "hlen 0"),
     ],
 )
 def test_malformed(data: bytes, message: str) -> None:

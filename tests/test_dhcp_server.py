@@ -275,7 +275,10 @@ def test_server_survives_garbage(tmp_path: Path) -> None:
         code = f"""
 import socket
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-for data in (b"", b"x" * 100, b"\\x01" * 300, bytes(236) + b"\\x63\\x82\\x53\\x63\\x35\\x09"):
+hlen0 = bytes([1, 6, 0]) + bytes(233) + bytes([99, 130, 83, 99, 53, 1, 1, 255])
+# The first malformed packet from a source is logged (the rest that minute only counted).
+bad_option = bytes(236) + bytes([99, 130, 83, 99, 53, 9])
+for data in (hlen0, b"", b"x" * 100, b"\\x01" * 300, bad_option):
     s.sendto(data, ("{SERVER_ADDRESS}", 67))
 """
         running.pair.client.run([sys.executable, "-c", code])
@@ -284,4 +287,5 @@ for data in (b"", b"x" * 100, b"\\x01" * 300, bytes(236) + b"\\x63\\x82\\x53\\x6
         assert env.get("new_ip_address") == PC1[2]
         stop(running.proc)
         out = (running.site / "serve.log").read_text()
-    assert "malformed=4" in out, out
+    assert "malformed=5" in out, out
+    assert "hlen 0" in out  # said as what it is, not as a request from an empty MAC

@@ -361,9 +361,26 @@ async def test_missing_file_and_bad_mode(server: Server) -> None:
         await client.send_raw(ReadRequest(b"nope", "octet").encode())
         reply = await client.recv()
         assert isinstance(reply, Error) and reply.code == ERR_NOT_FOUND
-        await client.send_raw(ReadRequest(b"f", "mail").encode())
+
+
+
+@pytest.mark.parametrize("mode", [b"mail", b"netascii\x01", b"octet "])
+async def test_a_request_in_an_unknown_mode_is_refused_before_any_transfer(
+    server: Server, mode: bytes
+) -> None:
+    """RFC 1350 knows octet and netascii (mail is obsolete): anything else is ERROR 4 from the
+    server's own port, with no transfer started (no new TID, nothing in flight, no DATA)."""
+    server.put("f", b"x")
+    async with RawClient(server.port) as client:
+        await client.send_raw(b"\x00\x01f\x00" + mode + b"\x00")
         reply = await client.recv()
         assert isinstance(reply, Error) and reply.code == ERR_ILLEGAL_OP
+        assert client.tid == ("127.0.0.1", server.port)
+        assert server.service.active_transfers == 0
+        await client.expect_nothing(0.3)
+    refused = await server.events("rrq-refused")
+    assert refused and "mode" in str(refused[-1]["detail"])
+    assert await server.events("transfer-failed") == []
 
 
 # -- protocol behaviour with a raw client -----------------------------------------------------

@@ -296,6 +296,9 @@ def _check_options(packet: Packet) -> None:
             f"option 93 (client architecture) must be a list of 2-byte types, got {len(arch)} "
             "bytes (RFC 4578 §2.1)"
         )
+    if packet.op == BOOTREQUEST and not packet.chaddr:
+        # Every reply is addressed and every lease kept by chaddr (RFC 2131 §4.1).
+        raise MalformedPacket("hlen 0: the request carries no client hardware address")
     if packet.op == BOOTREQUEST and packet.htype == HTYPE_ETHERNET and len(packet.chaddr) != 6:
         raise MalformedPacket(f"Ethernet chaddr must be 6 bytes, hlen is {len(packet.chaddr)}")
 

@@ -36,7 +36,7 @@ from rootfs.netboot.tftp.packet import (
     decode_untrusted,
 )
 from rootfs.netboot.tftp.paths import CleanName, OpenFile, Refused, clean_untrusted, open_in_root
-from rootfs.netboot.tftp.transfer import Limits, ReadTransfer, to_netascii
+from rootfs.netboot.tftp.transfer import MODES, Limits, ReadTransfer, to_netascii
 from rootfs.netboot.trace import TraceLog
 from rootfs.store.state import State
 
@@ -162,6 +162,10 @@ class TftpService:
             return Error(ERR_ACCESS, "read-only server")
         if not isinstance(packet, ReadRequest):
             return None
+        if packet.mode not in MODES:  # RFC 1350 §5: refused before any transfer state exists
+            reason = f"unsupported mode {packet.mode!r}"
+            self._refused(peer, packet.filename, reason, ERR_ILLEGAL_OP)
+            return Error(ERR_ILLEGAL_OP, reason)
         assert self._engine is not None  # requests arrive only while run() serves
         if (old := self._active.pop(peer, None)) is not None:
             # Same client port asking again: it did not get our reply, or it restarted (UEFI's
