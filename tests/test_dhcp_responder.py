@@ -28,6 +28,7 @@ from rootfs.netboot.dhcp.packet import (
     OPT_BOOTFILE,
     OPT_BROADCAST,
     OPT_CLIENT_ARCH,
+    OPT_CLIENT_ID,
     OPT_DNS,
     OPT_DOMAIN,
     OPT_HOSTNAME,
@@ -142,6 +143,33 @@ def test_request_selecting_acks_and_commits_lease(responder: Responder) -> None:
     assert out.reply.yiaddr == PC1_IP and out.reply.get(OPT_ROOT_PATH) == ROOT
     assert out.commit == (Lease(PC1_IP, PC1_MAC, NOW + 86400, NOW),)
     assert responder.leases.by_mac(PC1_MAC) == out.commit[0]
+
+
+CLIENT_ID = (OPT_CLIENT_ID, b"\xff\x00\x01\x02\x03odd id")  # any bytes, kept as they are
+
+
+def test_client_identifier_is_echoed_in_offer_ack_and_nak(responder: Responder) -> None:
+    offer = handle(responder, request(PC1_MAC, DHCPDISCOVER, CLIENT_ID))
+    ack = handle(responder, request(PC1_MAC, DHCPREQUEST, CLIENT_ID, (OPT_SERVER_ID, SERVER.packed),
+                                    (OPT_REQUESTED_IP, PC1_IP.packed)))  # fmt: skip
+    wrong = IPv4Address("192.168.232.50")
+    nak = handle(responder, request(PC1_MAC, DHCPREQUEST, CLIENT_ID, (OPT_SERVER_ID, SERVER.packed),
+                                    (OPT_REQUESTED_IP, wrong.packed)))  # fmt: skip
+    for out, mtype in ((offer, DHCPOFFER), (ack, DHCPACK), (nak, DHCPNAK)):
+        assert out.reply is not None and out.reply.message_type == mtype
+        assert out.reply.get(OPT_CLIENT_ID) == CLIENT_ID[1]
+    assert ack.reply is not None and ack.reply.yiaddr == PC1_IP  # still the MAC's reservation
+    plain = handle(responder, request(PC1_MAC, DHCPDISCOVER))
+    assert plain.reply is not None and plain.reply.get(OPT_CLIENT_ID) is None  # nothing invented
+
+
+def test_client_identifier_survives_a_reply_at_its_size_limit(responder: Responder) -> None:
+    """Options are left off a reply that would exceed 576 bytes; the echo never is."""
+    long_id = (OPT_CLIENT_ID, bytes(range(200)))
+    limit = (OPT_MAX_SIZE, (576).to_bytes(2, "big"))
+    out = handle(responder, request(PC1_MAC, DHCPDISCOVER, long_id, limit))
+    assert out.reply is not None
+    assert decode_untrusted(encode(out.reply, out.max_size)).get(OPT_CLIENT_ID) == long_id[1]
 
 
 def test_request_for_another_server_is_silent(responder: Responder) -> None:
@@ -392,6 +420,8 @@ def test_proxy_dhcp(tmp_path: Path) -> None:
                  source=(PC1_IP, 4011))  # fmt: skip
     assert ack.reply is not None and ack.reply.message_type == DHCPACK
     assert (ack.send, ack.destination, ack.port) == (Send.UNICAST, PC1_IP, 4011)
+    echoed = handle(r, request(PC1_MAC, DHCPDISCOVER, pxe, CLIENT_ID))
+    assert echoed.reply is not None and echoed.reply.get(OPT_CLIENT_ID) == CLIENT_ID[1]
 
 
 # -- helpers ------------------------------------------------------------------------------

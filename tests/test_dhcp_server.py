@@ -27,6 +27,7 @@ from netns import (
     netns_pair,
     start_serve,
     stop,
+    wait_for_line,
     write_script,
     write_site,
 )
@@ -35,6 +36,7 @@ from rootfs.netboot.dhcp.packet import DHCPACK, DHCPOFFER, OPT_ROOT_PATH, Packet
 
 pytestmark = [needs_netns, pytest.mark.slow]
 
+CAPTURE = str(Path(__file__).with_name("dhcp_capture.py"))
 PC1 = ("pc1", "52:54:00:e8:00:11", "192.168.232.11")
 ROOT_PC1 = f"{SERVER_ADDRESS}:/tftpboot/192.168.232.11,vers=3,tcp"
 
@@ -79,7 +81,9 @@ def serving(
             stop(proc)
 
 
-def run_dhclient(running: Running, tmp_path: Path, *, timeout: int = 10) -> dict[str, str]:
+def run_dhclient(
+    running: Running, tmp_path: Path, *, timeout: int = 10, conf_extra: str = ""
+) -> dict[str, str]:
     """dhclient once, foreground; the variables its script saw at BOUND (empty if none)."""
     out = tmp_path / "dhclient.env"
     script = write_script(
@@ -91,6 +95,7 @@ def run_dhclient(running: Running, tmp_path: Path, *, timeout: int = 10) -> dict
     conf.write_text(
         f"timeout {timeout};\nretry 1;\n"
         "request subnet-mask, broadcast-address, routers, domain-name, host-name;\n"
+        + conf_extra
     )
     iface = running.pair.client.interface
     proc = running.pair.client.popen(
@@ -165,6 +170,29 @@ def run_udhcpc(running: Running, tmp_path: Path, *, tries: int = 4) -> dict[str,
         if env.get("event") == "bound":
             return env
     return {}
+
+
+def test_client_identifier_is_echoed_and_reservations_stay_by_mac(tmp_path: Path) -> None:
+    """RFC 6842: option 61 comes back unaltered in OFFER and ACK, on the wire, to a real dhclient
+    sending its own identifier; the address is still the MAC's reservation."""
+    with serving(tmp_path, client_mac=PC1[1]) as running:
+        capture = running.pair.client.popen(
+            [sys.executable, CAPTURE, running.pair.client.interface, "15"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        wait_for_line(capture, b"ready")
+        env = run_dhclient(
+            running, tmp_path, conf_extra='send dhcp-client-identifier "rootfs-test-id";\n'
+        )
+        stop(capture)
+        assert capture.stdout is not None
+        seen = [json.loads(line) for line in capture.stdout.read().splitlines() if line]
+    assert env.get("new_ip_address") == PC1[2]
+    sent = {r["client_id"] for r in seen if r["to"] == "server"}
+    assert sent == {b"rootfs-test-id".hex()}, seen  # what dhclient put on the wire
+    replies = {r["type"]: r["client_id"] for r in seen if r["to"] == "client"}
+    assert replies.get(DHCPOFFER) == replies.get(DHCPACK) == b"rootfs-test-id".hex(), seen
 
 
 def test_dhclient_gets_reserved_address_and_root_path(tmp_path: Path) -> None:

@@ -97,7 +97,10 @@ _FIXED_LENGTH = {
     OPT_OVERLOAD: 1,
 }
 # Options a reply may not lose to the size limit: without them the reply is meaningless.
-_NEVER_DROPPED = frozenset({OPT_MESSAGE_TYPE, OPT_SERVER_ID, OPT_LEASE_TIME, OPT_RELAY_AGENT})
+# Never left off a reply for room: RFC 6842 makes echoing option 61 a MUST.
+_NEVER_DROPPED = frozenset(
+    {OPT_MESSAGE_TYPE, OPT_SERVER_ID, OPT_CLIENT_ID, OPT_LEASE_TIME, OPT_RELAY_AGENT}
+)
 
 ZERO = IPv4Address(0)
 

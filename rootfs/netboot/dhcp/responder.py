@@ -33,6 +33,7 @@ from rootfs.netboot.dhcp.packet import (
     MESSAGE_NAMES,
     OPT_BOOTFILE,
     OPT_BROADCAST,
+    OPT_CLIENT_ID,
     OPT_DNS,
     OPT_DOMAIN,
     OPT_HOSTNAME,
@@ -146,6 +147,13 @@ def root_path_option(site: Site, host: Host) -> bytes:
             f"{ROOT_PATH_LIMIT}; shorten [paths] export_root or [defaults] nfs_options"
         )
     return data
+
+
+def _client_id_echo(packet: Packet) -> list[tuple[int, bytes]]:
+    """RFC 6842 §3: a client's identifier (option 61) is returned unaltered in every OFFER, ACK
+    and NAK, so a client can tell its replies apart; reservations stay keyed by MAC."""
+    client_id = packet.get(OPT_CLIENT_ID)
+    return [] if client_id is None else [(OPT_CLIENT_ID, client_id)]
 
 
 def sanitize_hostname(raw: bytes) -> str | None:
@@ -421,6 +429,7 @@ class Responder:
         head: list[tuple[int, bytes]] = []
         if mtype is not None:
             head += [(OPT_MESSAGE_TYPE, bytes((mtype,))), (OPT_SERVER_ID, link.address.packed)]
+            head += _client_id_echo(packet)
         if lease:
             t = cfg.lease_time
             head += [
@@ -499,6 +508,7 @@ class Responder:
             options=(
                 (OPT_MESSAGE_TYPE, bytes((mtype,))),
                 (OPT_SERVER_ID, link.address.packed),
+                *_client_id_echo(packet),
                 (OPT_VENDOR_CLASS, PXE_CLIENT),
                 (OPT_VENDOR, PXE_DISCOVERY_CONTROL),
                 (OPT_TFTP_SERVER, str(server).encode()),
@@ -531,6 +541,7 @@ class Responder:
             options=(
                 (OPT_MESSAGE_TYPE, bytes((DHCPNAK,))),
                 (OPT_SERVER_ID, link.address.packed),
+                *_client_id_echo(packet),
                 (OPT_MESSAGE, reason.encode()),
             ),
         )
