@@ -1,4 +1,5 @@
-"""Forked workers (rootfs/forked.py): every result arrives, errors come back, nothing outlives."""
+"""Forked workers (rootfs/engine/forked.py): every result arrives, errors come back, nothing
+outlives."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Getting file contents into the local cache: fetch on a miss, verify, read ahead, prefetch.
 
 The filesystem (`fs.py`) asks `Fetcher.open_cached` for a file's object. A cached object is
-served once it is known good: small ones are re-hashed as they are read at open, larger ones
-are hashed on their first open in this mount (in a thread above a MiB). A missing one is
+served once it is known good: each is hashed on its first open in this mount (small ones as
+they are read whole at open, larger ones in a thread above a MiB). A missing one is
 fetched from SOURCE in a thread, hashed while copied, and admitted (renamed into
 ``objects/``) only if the hash matches the manifest; otherwise the path has diverged and
 SOURCE serves it as it is. One task at a time works on a digest; others wait for it.

@@ -3,12 +3,12 @@
 Every path changes atomically: content is written to a temporary name inside the
 tree's ``.rootfs/tmp`` (same filesystem) and renamed over the path, so a build
 killed at any moment leaves each path with either its old or its new content.
-The caller journals the plan's paths first and re-plans them from the disk's
-real state after a crash (see ``build.py``).
+The caller journals the plan's operations first and, after a crash, replays the
+journal to its end (every operation is idempotent; see ``build.py``).
 
 Materialisation modes: ``copy`` (bytes copied in the kernel with
 copy_file_range), ``reflink`` (FICLONE: shared blocks, copy-on-write),
-``hardlink`` (the store's inode itself, see ``store.py``), and ``auto``
+``hardlink`` (the store's inode itself, see ``rootfs/store/objects.py``), and ``auto``
 (reflink where the filesystem supports it, else copy).
 """
 
@@ -77,7 +77,10 @@ def _copy_into(src_fd: int, dst_fd: int, size: int) -> None:
     while remaining > 0:
         copied = os.copy_file_range(src_fd, dst_fd, min(remaining, 1 << 30))
         if copied == 0:
-            raise UserError("store object shorter than its manifest size; run 'rootfs gc --verify'")
+            raise UserError(
+                "a store object is shorter than its manifest says (damaged store); import the"
+                " base again with 'rootfs base import' to restore it"
+            )
         remaining -= copied
 
 

@@ -1,7 +1,7 @@
 """Read what a host tree really holds, as a manifest comparable with the applied one.
 
-Used by ``verify`` (drift), ``status`` (drift count) and by the build to re-plan
-paths an interrupted apply may have left half-done. Content is hashed only when
+Used by ``verify`` (drift), ``status`` (drift count), ``build --repair``, and by a
+base update to see which changed paths the host changed itself. Content is hashed only when
 size or mtime differ from the reference entry (rsync's quick check), unless
 ``checksum`` asks for every file.
 """

@@ -1,11 +1,11 @@
 """Garbage collection: generations, store objects and attic entries nobody needs.
 
-Kept: the last ``keep_generations`` generations of each base, the current one,
-and every generation a host's last apply came from; every object any kept
-generation, host tree, hold or interrupted apply refers to. Variants and nodes
-(hardlink mode) go when no tree links them any more. Attic entries go when
-their host is known to have rebooted (a DHCP request after they were made, or
-``rootfs host rebooted``) or when they are older than ``attic_max_age_days``.
+Kept: the last ``keep_generations`` generations of each base, the current one, and every generation
+a host's last apply came from; every object any kept generation, host tree, hold or interrupted
+apply refers to. Variants and nodes (hardlink mode) go when no tree links them any more. Attic
+entries go when their host is known to have rebooted (a DHCP DISCOVER or BOOTP request after they
+were made, not a lease renewal; or ``rootfs host rebooted``) or when they are older than
+``attic_max_age_days``.
 
 When a host last booted is the boot front end's knowledge (its trace), not the store's: the caller
 passes it in as `last_boot`, so this layer need not know where boots are recorded.

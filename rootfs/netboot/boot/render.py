@@ -1,9 +1,9 @@
 """Boot loader configs as text: pxelinux, iPXE and GRUB, for a host or for a stranger. Pure.
 
-Each registered host's config boots its kernel and initrd with a command line that lets DHCP
-option 17 decide the root (see `config.CMDLINE_ARGS`), so the root path is said in one place.
-An unregistered client gets a config that says so, shows what to register, and hands control back
-to the firmware (never to the network loader again: iPXE and pxelinux loop forever otherwise).
+Each registered host's config boots its kernel and initrd with a command line that lets DHCP option
+17 decide the root (see `rootfs.config.boot.CMDLINE_ARGS`), so the root path is said in one place.
+An unregistered client gets a config that says so, shows what to register, and hands control back to
+the firmware (never to the network loader again: iPXE and pxelinux loop forever otherwise).
 """
 
 from __future__ import annotations

@@ -20,8 +20,9 @@ DECLINED = ""  # the MAC of a lease that parks a declined address
 @dataclass(frozen=True)
 class Lease:
     """A binding of `ip` to `mac` until `expires` (seconds since the epoch). `acked` is when the
-    client last got an ACK: the "host rebooted" signal base updates look for. A lease with an empty
-    `mac` parks an address another client declined; a released lease simply expires at once."""
+    client last got an ACK (renewals included: a reboot is a DISCOVER in the boot trace). A lease
+    with an empty `mac` parks an address another client declined; a released lease simply expires at
+    once."""
 
     ip: IPv4Address
     mac: str

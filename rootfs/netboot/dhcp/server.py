@@ -84,7 +84,7 @@ def find_links(site: Site, interfaces: Sequence[str]) -> list[Link]:
 
 
 class DhcpService:
-    """DHCP (and proxyDHCP) for a site, run inside `rootfs serve` or on its own."""
+    """DHCP (and proxyDHCP) for a site, run by `rootfs serve`."""
 
     def __init__(
         self,
