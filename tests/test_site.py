@@ -15,6 +15,7 @@ from rootfs.config.site import (
     find_site_dir,
     load_site,
 )
+from rootfs.config.tomlconf import parse_size
 from rootfs.errors import ConfigError, UserError
 
 SUBNET = '[[subnet]]\nnetwork = "10.0.0.0/24"\n'
@@ -377,3 +378,164 @@ def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "site.toml").write_bytes(b"\xff\xfe")
     with pytest.raises(ConfigError, match=r"site\.toml: cannot read"):
         load_site(tmp_path, environ={})
+
+
+# -- cached hosts: cached, cache_device, cache_quota ---------------------------------------------
+
+CACHE_KEYS = [
+    ("", (False, "LABEL=rootfs-cache", None)),
+    ("cached = false\n", (False, "LABEL=rootfs-cache", None)),
+    ("cached = true\n", (True, "LABEL=rootfs-cache", None)),
+    ('cached = true\ncache_device = "LABEL=scratch_1.a"\n', (True, "LABEL=scratch_1.a", None)),
+    ('cached = true\ncache_device = "/dev/vda"\n', (True, "/dev/vda", None)),
+    (
+        'cache_device = "/dev/disk/by-path/pci-0000:00:1f.2-ata-1"\n',
+        (False, "/dev/disk/by-path/pci-0000:00:1f.2-ata-1", None),
+    ),
+    ('cached = true\ncache_quota = "4G"\n', (True, "LABEL=rootfs-cache", 4 << 30)),
+    ('cache_quota = "1.5GiB"\n', (False, "LABEL=rootfs-cache", 3 << 29)),
+    ("cache_quota = 4096\n", (False, "LABEL=rootfs-cache", 4096)),
+]
+
+
+@pytest.mark.parametrize(("body", "expected"), CACHE_KEYS)
+def test_cache_keys(tmp_path: Path, body: str, expected: tuple[bool, str, int | None]) -> None:
+    make_site(tmp_path, hosts_toml=PC1 + body)
+    h = load_site(tmp_path, environ={}).hosts[0]
+    assert (h.cached, h.cache_device, h.cache_quota) == expected
+    assert (h.cache is not None) == h.cached
+    if h.cache is not None:
+        assert (h.cache.device, h.cache.quota) == expected[1:]
+
+
+F = "hostcfg/hosts.toml: hosts.pc1"
+NOT_A_DEVICE = (
+    "is not a cache device; use LABEL=rootfs-cache (a filesystem with that label) or a whole"
+    " device like /dev/vda (formatted by the client only if empty)"
+)
+SPLITS = "contains whitespace or a comma, which would split the kernel command line; name the"
+BAD_LABEL = "is not a filesystem label; use 1-16 letters, digits and . _ + - : @ (clients look for"
+BAD_PATH = (
+    "is not a device path; write /dev/NAME (letters, digits and . _ + - : @ = between the"
+    " slashes), like /dev/vda or /dev/disk/by-id/..."
+)
+NOT_A_SIZE = (
+    "is not a size; write a number of bytes, or one with K, M, G or T (powers of 1024),"
+    " like 4G, 500M or 1.5G"
+)
+CACHE_ERRORS = [
+    ('cached = "yes"\n', f"{F}.cached: expected true or false, got a string"),
+    ("cached = 1\n", f"{F}.cached: expected true or false, got an integer"),
+    ('cache_device = "sda"\n', f"{F}.cache_device: 'sda' {NOT_A_DEVICE}"),
+    ('cache_device = "label=x"\n', f"{F}.cache_device: 'label=x' {NOT_A_DEVICE}"),
+    ('cache_device = "dev/vda"\n', f"{F}.cache_device: 'dev/vda' {NOT_A_DEVICE}"),
+    ('cache_device = "/dev/vd a"\n', f"{F}.cache_device: '/dev/vd a' {SPLITS} device without them"),
+    (
+        'cache_device = "/dev/vda,x"\n',
+        f"{F}.cache_device: '/dev/vda,x' {SPLITS} device without them",
+    ),
+    (
+        'cache_device = "LABEL=a\\tb"\n',
+        f"{F}.cache_device: 'LABEL=a\\tb' {SPLITS} device without them",
+    ),
+    ('cache_device = "LABEL="\n', f"{F}.cache_device: 'LABEL=' {BAD_LABEL} LABEL=rootfs-cache)"),
+    (
+        'cache_device = "LABEL=seventeen-chars-x"\n',
+        f"{F}.cache_device: 'LABEL=seventeen-chars-x' {BAD_LABEL} LABEL=rootfs-cache)",
+    ),
+    (
+        'cache_device = "LABEL=$x"\n',
+        f"{F}.cache_device: 'LABEL=$x' {BAD_LABEL} LABEL=rootfs-cache)",
+    ),
+    ('cache_device = "/dev/"\n', f"{F}.cache_device: '/dev/' {BAD_PATH}"),
+    ('cache_device = "/dev//vda"\n', f"{F}.cache_device: '/dev//vda' {BAD_PATH}"),
+    ('cache_device = "/dev/../etc/passwd"\n', f"{F}.cache_device: '/dev/../etc/passwd' {BAD_PATH}"),
+    ('cache_device = "/dev/vda;reboot"\n', f"{F}.cache_device: '/dev/vda;reboot' {BAD_PATH}"),
+    ("cache_device = 1\n", f"{F}.cache_device: expected a string, got an integer; quote it"),
+    ('cache_quota = "lots"\n', f"{F}.cache_quota: 'lots' {NOT_A_SIZE}"),
+    ('cache_quota = "4 G B"\n', f"{F}.cache_quota: '4 G B' {NOT_A_SIZE}"),
+    (
+        'cache_quota = "0"\n',
+        f"{F}.cache_quota: '0' is not a positive size; give at least one byte, like 4G",
+    ),
+    (
+        'cache_quota = "-1G"\n',
+        f"{F}.cache_quota: '-1G' is not a positive size; give at least one byte, like 4G",
+    ),
+    (
+        "cache_quota = 0\n",
+        f'{F}.cache_quota: 0 is not a positive size; give at least one byte, like "4G"',
+    ),
+    ("cache_quota = true\n", f'{F}.cache_quota: expected a size like "4G", got a boolean'),
+    ("cache_quota = 1.5\n", f'{F}.cache_quota: expected a size like "4G", got a float'),
+    (
+        'cache_size = "4G"\n',
+        f"{F}.cache_size: unknown key; remove it (expected: base, boot, cache_device,"
+        " cache_quota, cached, dhcp, ip, mac, mode, overlays, vars)",
+    ),
+    (
+        'cached = true\n[hosts.pc1.boot]\ninitrd = ""\n',
+        f'{F}.boot.initrd: "" boots a cached host without an initramfs, and only the initramfs'
+        " can start its cache; remove the key (cached hosts boot [boot] initrd_cached) or name"
+        " an initrd",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), CACHE_ERRORS)
+def test_cache_key_errors(tmp_path: Path, body: str, message: str) -> None:
+    make_site(tmp_path, hosts_toml=PC1 + body)
+    with pytest.raises(ConfigError) as info:
+        load_site(tmp_path, environ={})
+    assert str(info.value) == message
+
+
+def test_an_uncached_host_may_boot_without_an_initrd(tmp_path: Path) -> None:
+    make_site(tmp_path, hosts_toml=PC1 + 'cached = false\n[hosts.pc1.boot]\ninitrd = ""\n')
+    assert load_site(tmp_path, environ={}).hosts[0].boot.initrd == ""
+
+
+SIZES = [
+    ("4096", 4096),
+    ("4096B", 4096),
+    ("2G", 2 << 30),
+    ("2g", 2 << 30),
+    ("2GB", 2 << 30),
+    ("2GiB", 2 << 30),
+    (" 2 G ", 2 << 30),
+    ("500M", 500 << 20),
+    ("1.5G", 3 << 29),
+    ("64KiB", 64 << 10),
+    ("1T", 1 << 40),
+    (".5K", 512),
+    ("1.0001", 1),  # a fraction of a byte is dropped
+    ("+1K", 1024),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), SIZES)
+def test_parse_size(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", f"'' {NOT_A_SIZE}"),
+        ("G", f"'G' {NOT_A_SIZE}"),
+        ("lots", f"'lots' {NOT_A_SIZE}"),
+        ("1e3", f"'1e3' {NOT_A_SIZE}"),
+        ("inf", f"'inf' {NOT_A_SIZE}"),
+        ("1_000", f"'1_000' {NOT_A_SIZE}"),
+        ("4iB", f"'4iB' {NOT_A_SIZE}"),
+        ("4P", f"'4P' {NOT_A_SIZE}"),
+        ("\u0664G", f"'\u0664G' {NOT_A_SIZE}"),  # a digit, but not an ASCII one
+        ("0", "'0' is not a positive size; give at least one byte, like 4G"),
+        ("-1G", "'-1G' is not a positive size; give at least one byte, like 4G"),
+        ("0.4", "'0.4' is not a positive size; give at least one byte, like 4G"),
+    ],
+)
+def test_parse_size_rejects(text: str, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_size(text)
+    assert str(info.value) == message

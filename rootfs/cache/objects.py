@@ -43,6 +43,7 @@ from pathlib import Path
 
 import xxhash
 
+from rootfs.config.tomlconf import parse_size as parse_size  # the one size syntax
 from rootfs.durable import atomic_write_bytes
 from rootfs.errors import UserError
 
@@ -382,23 +383,6 @@ def verify_cache(root: Path) -> VerifyReport:
         data["counters"] = asdict(counters)
         atomic_write_bytes(stats_path, json.dumps(data, indent=1).encode())
     return VerifyReport(len(digests), total, tuple(sorted(bad)), temp_removed)
-
-
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """Bytes in a size such as ``2G``, ``500M``, ``1.5G`` or ``4096`` (binary units)."""
-    value = text.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = value[-1:] if value[-1:] in _UNITS else ""
-    number = value[: len(value) - len(unit)]
-    try:
-        size = int(float(number) * _UNITS[unit])
-    except ValueError:
-        raise ValueError(f"{text!r} is not a size (examples: 2G, 500M, 4096)") from None
-    if size <= 0:
-        raise ValueError(f"{text!r}: a size must be positive")
-    return size
 
 
 @contextlib.contextmanager

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import inspect
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
@@ -31,6 +32,15 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CHUNK = 1 << 20
+
+
+# trio 0.23 renamed `cancellable` to `abandon_on_cancel`. A cached client runs Debian 12's trio
+# (0.22) from its initramfs, the server the newer one from PyPI: ask whichever this trio knows.
+_ABANDON = {
+    "abandon_on_cancel"
+    if "abandon_on_cancel" in inspect.signature(trio.to_thread.run_sync).parameters
+    else "cancellable": True
+}
 
 
 class SourceUnavailable(RootfsError):
@@ -61,9 +71,8 @@ class Source:
     async def call(self, fn: Callable[..., T], *args: object) -> T:
         """Run ``fn(*args)`` in a thread; OSErrors pass through, hangs become SourceUnavailable."""
         with trio.move_on_after(self.timeout) as scope:
-            return await trio.to_thread.run_sync(
-                fn, *args, limiter=self._limiter, abandon_on_cancel=True
-            )
+            run_sync: Callable[..., Awaitable[T]] = trio.to_thread.run_sync
+            return await run_sync(fn, *args, limiter=self._limiter, **_ABANDON)
         assert scope.cancelled_caught
         self.mark_offline(f"no answer within {self.timeout:g} s")
         raise SourceUnavailable(f"{self.root}: no answer within {self.timeout:g} s")

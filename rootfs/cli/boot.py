@@ -8,7 +8,7 @@ import click
 
 from rootfs.cli.context import Context
 from rootfs.config.tftp import boot_dir
-from rootfs.netboot.boot.files import host_configs
+from rootfs.netboot.boot.files import host_configs, host_spec
 from rootfs.netboot.boot.install import install_loaders
 
 
@@ -56,8 +56,24 @@ def install(ctx: Context, system_root: Path) -> None:
 @click.argument("host")
 @click.pass_obj
 def show(ctx: Context, host: str) -> None:
-    """Print the boot configs TFTP serves HOST (generated on request, never on disk)."""
+    """Print the boot configs TFTP serves HOST (generated on request, never on disk).
+
+    A cached host (cached = true in hosts.toml) is said to be one first: its initrd
+    ([boot] initrd_cached), its cache device and quota, and the kernel arguments saying so.
+    """
     site = ctx.site
-    for name, text in host_configs(site, site.host(host)).items():
+    h = site.host(host)
+    spec = host_spec(site, h)
+    if spec.cache is not None:
+        from rootfs.cli.render import cache_device_text, cache_quota_text  # loads the engine
+
+        source = "[boot] initrd_cached" if h.boot.initrd is None else "the host's [boot] initrd"
+        click.echo(f"{h.name} boots cached: its root is served through a cache on its own disk")
+        click.echo(f"  initrd:       {spec.initrd} (from {source})")
+        click.echo(f"  cache device: {cache_device_text(spec.cache.device)}")
+        click.echo(f"  cache quota:  {cache_quota_text(spec.cache.quota)}")
+        click.echo(f"  kernel args:  {spec.cache.args}")
+        click.echo()
+    for name, text in host_configs(site, h).items():
         click.echo(f"==> {name} <==")
         click.echo(text)

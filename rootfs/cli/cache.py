@@ -30,7 +30,7 @@ def cache() -> None:
 
 
 def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    from rootfs.cache.objects import parse_size
+    from rootfs.config.tomlconf import parse_size  # the one size syntax: hosts.toml's cache_quota
 
     if value is None:
         return None

@@ -1,4 +1,4 @@
-"""``rootfs host``: add, list, show and remove hosts of the inventory."""
+"""``rootfs host``: add, set, list, show and remove hosts of the inventory."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import time
 import click
 
 from rootfs.cli.context import Context
-from rootfs.cli.render import echo_result
+from rootfs.cli.render import cache_device_text, cache_quota_text, echo_result
+from rootfs.config.site import DEFAULT_CACHE_DEVICE, Host, Site
 from rootfs.engine.build import Builder
+from rootfs.engine.progress import human_bytes
 from rootfs.errors import UserError
 
 
@@ -23,9 +25,25 @@ def _parse_vars(items: tuple[str, ...]) -> dict[str, str]:
     return result
 
 
+def _cache_summary(h: Host) -> str:
+    """How a host boots, in a few words: 'cached on DEV, quota 4.0 GiB', or 'not cached'."""
+    if not h.cached:
+        return "not cached"
+    quota = "" if h.cache_quota is None else f", quota {human_bytes(h.cache_quota)}"
+    return f"cached on {h.cache_device}{quota}"
+
+
 @click.group()
 def host() -> None:
-    """Add, list, show and remove the hosts of hostcfg/hosts.toml."""
+    """Add, change, list, show and remove the hosts of hostcfg/hosts.toml.
+
+    \b
+      rootfs host add pc7 --mac 52:54:00:12:34:57 --ip 10.0.0.17
+      rootfs host set pc7 cached=true cache_quota=8G
+      rootfs host list
+      rootfs host show pc7
+      rootfs host remove pc7
+    """
 
 
 @host.command("add")
@@ -54,6 +72,27 @@ def host() -> None:
     default=None,
     help="How files are materialised (default: site's defaults.mode).",
 )
+@click.option(
+    "--cached",
+    is_flag=True,
+    help="The client boots with its root served through a cache on its own disk (it boots"
+    " [boot] initrd_cached; see 'rootfs boot show NAME').",
+)
+@click.option(
+    "--cache-device",
+    metavar="DEV",
+    default=None,
+    help=f"With --cached: where the cache lives. {DEFAULT_CACHE_DEVICE} (the default) is a"
+    " filesystem with that label, never formatted; a device like /dev/vda is formatted by the"
+    " client only if it is empty.",
+)
+@click.option(
+    "--cache-quota",
+    metavar="SIZE",
+    default=None,
+    help="With --cached: the most the cache may hold, e.g. 4G, 500M, 1.5G (binary units;"
+    " default: 70% of the cache filesystem).",
+)
 @click.option("--no-build", is_flag=True, help="Only add to the inventory; build later.")
 @click.pass_obj
 def add(
@@ -65,16 +104,27 @@ def add(
     overlays: tuple[str, ...],
     vars_: tuple[str, ...],
     mode: str | None,
+    cached: bool,
+    cache_device: str | None,
+    cache_quota: str | None,
     no_build: bool,
 ) -> None:
     """Add host NAME to hostcfg/hosts.toml (comments kept) and build its tree.
 
     \b
-    Example:
+    Examples:
       rootfs host add pc7 --mac 52:54:00:12:34:57 --ip 10.0.0.17 --var role=lab
+      rootfs host add pc8 --mac 52:54:00:12:34:58 --ip 10.0.0.18 --cached --cache-quota 8G
+
+    Change a host later with 'rootfs host set'.
     """
     from rootfs.config import inventory  # deferred: tomlkit is slow to load
 
+    if not cached and (cache_device is not None or cache_quota is not None):
+        raise UserError(
+            "--cache-device and --cache-quota are for cached hosts; add --cached"
+            " (or set them later: 'rootfs host set NAME cached=true ...')"
+        )
     site = ctx.site
     state = ctx.state
     with state.lock(f"host add {name}"):
@@ -88,10 +138,13 @@ def add(
             overlays=list(overlays) if overlays else None,
             mode=mode,
             vars=_parse_vars(vars_),
+            cached=cached,
+            cache_device=cache_device,
+            cache_quota=cache_quota,
         )
         click.echo(
             f"added {added.name}: {added.mac} {added.ip} (base {added.base},"
-            f" overlays {', '.join(added.overlays) or 'none'})"
+            f" overlays {', '.join(added.overlays) or 'none'}, {_cache_summary(added)})"
         )
         if no_build:
             return
@@ -109,17 +162,101 @@ def add(
         auto_apply(site)
 
 
+@host.command("set")
+@click.argument("name")
+@click.argument("assignments", nargs=-1, required=True, metavar="KEY=VALUE...")
+@click.option("--no-build", is_flag=True, help="Only change the inventory; build later.")
+@click.pass_obj
+def set_(ctx: Context, name: str, assignments: tuple[str, ...], no_build: bool) -> None:
+    """Change keys of host NAME in hostcfg/hosts.toml (comments kept), then rebuild its tree.
+
+    \b
+    Keys:
+      cached=true|false     root served through a cache on the client's own disk
+      cache_device=DEV      LABEL=rootfs-cache (default: a filesystem with that
+                            label, never formatted) or a device like /dev/vda
+                            (formatted by the client only if it is empty)
+      cache_quota=SIZE      e.g. 4G, 500M, 1.5G (default: 70% of the cache)
+      base=NAME             an imported base (default: site.toml [defaults])
+      mode=MODE             auto, copy, reflink or hardlink
+      overlays=A,B          overlay directories, in order
+    KEY= (nothing after =) removes the key: the default applies again.
+
+    The changed file is loaded as every command loads it before it is written:
+    a value that would not load is refused and nothing changes. mac and ip
+    cannot be set (a new address is a new tree): remove the host, add it again.
+
+    \b
+    Examples:
+      rootfs host set pc7 cached=true cache_quota=8G
+      rootfs host set pc7 cache_device=/dev/vdb overlays=diskless,lab
+      rootfs host set pc7 cached=false cache_quota=
+    """
+    from rootfs.config import inventory  # deferred: tomlkit is slow to load
+
+    changes = inventory.parse_assignments(assignments)
+    site = ctx.site
+    state = ctx.state
+    with state.lock(f"host set {name}"):
+        edit = inventory.edit_host(site, name, changes)
+        if not edit.changed:
+            click.echo(f"{name}: nothing to change")
+            return
+        if "base" in changes or not no_build:
+            state.require_current(edit.after.base)
+        builder = desired = None
+        if not no_build:  # compose before writing: a template error leaves the file as it was
+            builder = Builder(edit.site, state)
+            desired = builder.compose_hosts([edit.after])
+        inventory.write_edit(site, edit)
+        for key in changes:
+            before, after = _shown(site, edit.before, key), _shown(edit.site, edit.after, key)
+            click.echo(f"{name}: {key} {before} -> {after}")
+        if builder is None or desired is None:
+            return
+        builder.apply_desired(desired, on_result=echo_result)
+        from rootfs.cli.exports import auto_apply  # deferred: NFS backends load slowly
+
+        auto_apply(ctx.reload())
+
+
+def _shown(site: Site, h: Host, key: str) -> str:
+    """The value a key has for a host once defaults apply, for 'host set' to report."""
+    config = site.config
+    if key == "cached":
+        return "true" if h.cached else "false"
+    if key == "cache_device":
+        default = " (default)" if h.cache_device == DEFAULT_CACHE_DEVICE else ""
+        return f"{h.cache_device}{default}"
+    if key == "cache_quota":
+        return "default" if h.cache_quota is None else cache_quota_text(h.cache_quota)
+    if key == "base":
+        return f"{h.base}{' (site default)' if h.base == config.default_base else ''}"
+    if key == "mode":
+        return f"{h.mode}{' (site default)' if h.mode == config.default_mode else ''}"
+    assert key == "overlays"
+    default = " (site default)" if h.overlays == config.default_overlays else ""
+    return f"{','.join(h.overlays) or 'none'}{default}"
+
+
 @host.command("list")
 @click.pass_obj
 def list_(ctx: Context) -> None:
-    """One line per host: name, MAC, IP, base, overlays."""
+    """One line per host: name, MAC, IP, base, whether it boots cached, overlays.
+
+    CACHE is "yes" for a host whose root is served through a cache on its own disk
+    ('rootfs host show NAME' gives its device and quota), else "-".
+    """
     site = ctx.site
     if not site.hosts:
         click.echo(f"no hosts in {site.hosts_file}; add one with 'rootfs host add'")
         return
-    click.echo(f"{'HOST':<16} {'MAC':<17} {'IP':<15} {'BASE':<12} OVERLAYS")
+    click.echo(f"{'HOST':<16} {'MAC':<17} {'IP':<15} {'BASE':<12} {'CACHE':<5} OVERLAYS")
     for h in site.hosts:
-        click.echo(f"{h.name:<16} {h.mac:<17} {h.ip!s:<15} {h.base:<12} {','.join(h.overlays)}")
+        cache = "yes" if h.cached else "-"
+        click.echo(
+            f"{h.name:<16} {h.mac:<17} {h.ip!s:<15} {h.base:<12} {cache:<5} {','.join(h.overlays)}"
+        )
 
 
 @host.command("show")
@@ -133,6 +270,10 @@ def show(ctx: Context, name: str) -> None:
     click.echo(f"name:       {h.name}\nmac:        {h.mac}\nip:         {h.ip}")
     click.echo(f"base:       {h.base}\noverlays:   {', '.join(h.overlays) or '-'}")
     click.echo(f"mode:       {h.mode}")
+    click.echo(f"cached:     {'yes' if h.cached else 'no'}")
+    if h.cached:
+        click.echo(f"cache dev:  {cache_device_text(h.cache_device)}")
+        click.echo(f"quota:      {cache_quota_text(h.cache_quota)}")
     for key, value in h.vars:
         click.echo(f"var:        {key}={value}")
     click.echo(f"tree:       {site.host_root(h)}")

@@ -38,3 +38,17 @@ def echo_result(result: HostResult) -> None:
         )
     for moved in result.stats.moved_aside:
         click.echo(f"  kept host-local files of a removed directory: {moved}", err=True)
+
+
+def cache_device_text(device: str) -> str:
+    """A host's cache_device and what the client does with it."""
+    if device.startswith("LABEL="):
+        return f"{device} (a filesystem with that label; never formatted)"
+    return f"{device} (formatted by the client if empty, else left alone)"
+
+
+def cache_quota_text(quota: int | None) -> str:
+    """A host's cache_quota, or what the client uses without one."""
+    if quota is None:
+        return "the client's default (70% of the cache filesystem)"
+    return f"{human_bytes(quota)} ({quota} bytes)"

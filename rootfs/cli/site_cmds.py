@@ -17,7 +17,9 @@ from rootfs.tree.manifest import diff
 @click.option("--no-drift", is_flag=True, help="Skip reading the trees (faster on big sites).")
 @click.pass_obj
 def status(ctx: Context, no_drift: bool) -> None:
-    """One row per host: base and generation applied, overlays, last build, drift."""
+    """One row per host: base and generation applied, overlays, mode, whether it boots cached
+    (CACHE: "yes" when its root is served through a cache on its own disk, see 'rootfs boot
+    show HOST'), last build, drift."""
     site = ctx.site
     state = ctx.state
     click.echo(
@@ -27,15 +29,16 @@ def status(ctx: Context, no_drift: bool) -> None:
         click.echo("no hosts yet; add one with 'rootfs host add'")
         return
     click.echo(
-        f"{'HOST':<12} {'IP':<15} {'BASE@GEN':<14} {'OVERLAYS':<16} {'MODE':<8}"
+        f"{'HOST':<12} {'IP':<15} {'BASE@GEN':<14} {'OVERLAYS':<16} {'MODE':<8} {'CACHE':<5}"
         f" {'LAST BUILD':<16} DRIFT"
     )
     for h in site.hosts:
         record = state.host_record(h.name)
+        cache = "yes" if h.cached else "-"
         if record is None:
             click.echo(
                 f"{h.name:<12} {h.ip!s:<15} {'-':<14} {','.join(h.overlays):<16}"
-                f" {'-':<8} {'never':<16} -"
+                f" {'-':<8} {cache:<5} {'never':<16} -"
             )
             continue
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.built_at))
@@ -53,7 +56,7 @@ def status(ctx: Context, no_drift: bool) -> None:
         gen = f"{record.base}@{record.generation}"
         click.echo(
             f"{h.name:<12} {h.ip!s:<15} {gen:<14} {','.join(record.overlays):<16}"
-            f" {record.mode:<8} {when:<16} {drift}"
+            f" {record.mode:<8} {cache:<5} {when:<16} {drift}"
         )
 
 

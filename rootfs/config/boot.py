@@ -1,4 +1,9 @@
-"""The [boot] table of site.toml and the per-host [hosts.NAME.boot] overrides (all optional)."""
+"""The [boot] table of site.toml and the per-host [hosts.NAME.boot] overrides (all optional).
+
+A cached host (`cached = true` in hosts.toml) boots `[boot] initrd_cached` instead of `initrd`, and
+its command line says where its cache is: ``rootfs.cache=<cache_device>`` and, when the inventory
+gives one, ``rootfs.cache_quota=<bytes>`` (see `CacheBoot`).
+"""
 
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ class BootConfig:
     initrd: str | None = "initrd.img"
     cmdline: str = "nfs"
     append: str = ""  # extra kernel arguments after the form's own (e.g. "console=ttyS0 quiet")
+    initrd_cached: str = "initrd-cached.img"  # what cached hosts boot instead of `initrd`
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,7 @@ def parse_boot_config(table: ConfigTable) -> BootConfig:
         initrd=initrd or None,
         cmdline=table.get("cmdline", _form, d.cmdline),
         append=table.get("append", _args, d.append),
+        initrd_cached=table.get("initrd_cached", _boot_file, d.initrd_cached),
     )
 
 
@@ -65,21 +72,42 @@ def parse_host_boot(table: ConfigTable) -> HostBoot:
 
 
 @dataclass(frozen=True)
+class CacheBoot:
+    """Where a cached host's initramfs finds its cache: said on the kernel command line."""
+
+    device: str  # "LABEL=<label>" or a /dev path (checked by the inventory)
+    quota: int | None = None  # bytes; None: the client's default
+
+    @property
+    def args(self) -> str:
+        """``rootfs.cache=<device>``, then ``rootfs.cache_quota=<bytes>`` if a quota is set."""
+        args = f"rootfs.cache={self.device}"
+        return args if self.quota is None else f"{args} rootfs.cache_quota={self.quota}"
+
+
+@dataclass(frozen=True)
 class BootSpec:
     """What one host boots: the site's [boot] with the host's overrides applied."""
 
     kernel: str
     initrd: str | None
     args: str  # the full kernel command line
+    cache: CacheBoot | None = None  # set for a cached host: what `args` says about its cache
 
 
-def boot_spec(site: BootConfig, host: HostBoot) -> BootSpec:
-    """Merge the host's overrides over the site defaults."""
-    initrd = site.initrd if host.initrd is None else (host.initrd or None)
+def boot_spec(site: BootConfig, host: HostBoot, cache: CacheBoot | None = None) -> BootSpec:
+    """Merge the host's overrides over the site defaults.
+
+    A cached host (`cache` given) boots `initrd_cached` unless it names its own initrd, and its
+    cache arguments follow the form's own, before `append`.
+    """
+    default_initrd = site.initrd if cache is None else site.initrd_cached
+    initrd = default_initrd if host.initrd is None else (host.initrd or None)
     form = host.cmdline or site.cmdline
     append = site.append if host.append is None else host.append
-    args = " ".join(a for a in (CMDLINE_ARGS[form], append) if a)
-    return BootSpec(kernel=host.kernel or site.kernel, initrd=initrd, args=args)
+    cache_args = cache.args if cache is not None else ""
+    args = " ".join(a for a in (CMDLINE_ARGS[form], cache_args, append) if a)
+    return BootSpec(kernel=host.kernel or site.kernel, initrd=initrd, args=args, cache=cache)
 
 
 def _boot_file(value: object) -> str:

@@ -1,13 +1,15 @@
 """Edits to hostcfg/hosts.toml that keep the administrator's comments and ordering, and the
 skeleton of a new site.
 
-hosts.toml is a hand-maintained file under version control, so `rootfs host add/remove` must change
-only the host in question. Every edit is validated as a whole file before it replaces the old one.
+hosts.toml is a hand-maintained file under version control, so `rootfs host add/set/remove` must
+change only the host in question. Every edit is validated as a whole file, by the loader itself
+(`parse_hosts`), before it replaces the old one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 from types import MappingProxyType
@@ -15,7 +17,7 @@ from types import MappingProxyType
 import tomlkit
 from tomlkit.container import Container
 from tomlkit.exceptions import TOMLKitError
-from tomlkit.items import Comment, Item, Table, Whitespace
+from tomlkit.items import AoT, Comment, InlineTable, Item, Table, Whitespace
 from tomlkit.toml_document import TOMLDocument
 
 from rootfs.config.site import HOSTS_TOML, SITE_TOML, Host, Site, parse_hosts
@@ -35,8 +37,13 @@ def add_host(
     overlays: Sequence[str] | None = None,
     mode: str | None = None,
     vars: Mapping[str, str] = _NO_VARS,
+    cached: bool = False,
+    cache_device: str | None = None,
+    cache_quota: str | int | None = None,
 ) -> Host:
     """Append a `[hosts.NAME]` table holding only the keys given, so site defaults keep applying.
+
+    `cached = true` is written only for a cached host; `cache_quota` as given ("4G" stays "4G").
 
     The whole resulting file is validated (duplicates, subnet, overlays) before anything is written.
     """
@@ -58,11 +65,108 @@ def add_host(
         table["overlays"] = list(overlays)
     if mode is not None:
         table["mode"] = mode
+    if cached:
+        table["cached"] = True
+    if cache_device is not None:
+        table["cache_device"] = cache_device
+    if cache_quota is not None:
+        table["cache_quota"] = cache_quota
     if vars:
         table["vars"] = dict(vars)
     hosts.append(name, table)
     _write_validated(site, doc.as_string())
     return _reload(site).host(name)
+
+
+SETTABLE_KEYS = ("cached", "cache_device", "cache_quota", "base", "mode", "overlays")
+"""What `rootfs host set` changes. Not mac or ip: a new address is a new tree; remove and add."""
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def parse_assignments(items: Iterable[str]) -> dict[str, object | None]:
+    """`KEY=VALUE` words (as `rootfs host set` takes them) -> TOML values; None removes the key.
+
+    Per key: cached is true/false (or yes/no, on/off, 1/0); overlays is a comma list; the others
+    are strings, written as given. The values themselves are checked by the loader (`edit_host`).
+    """
+    changes: dict[str, object | None] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"{item!r}: expected KEY=VALUE, e.g. cached=true (KEY= removes KEY)")
+        if key not in SETTABLE_KEYS:
+            raise UserError(
+                f"{key!r} cannot be set; use one of {', '.join(SETTABLE_KEYS)}"
+                " (to change mac or ip, remove the host and add it again)"
+            )
+        if key in changes:
+            raise UserError(f"{key} is given twice; give each key once")
+        changes[key] = _assignment(key, value.strip()) if value.strip() else None
+    return changes
+
+
+def _assignment(key: str, value: str) -> object:
+    if key == "cached":
+        if value.lower() in _TRUE:
+            return True
+        if value.lower() in _FALSE:
+            return False
+        raise UserError(f"cached={value}: expected true or false")
+    if key == "overlays":
+        names = [n.strip() for n in value.split(",")]
+        if not all(names):
+            raise UserError(
+                f"overlays={value}: an empty name; list overlays separated by commas, in order,"
+                " e.g. overlays=diskless,lab"
+            )
+        return names
+    return value
+
+
+@dataclass(frozen=True)
+class HostEdit:
+    """A validated change to one host, not yet written (`write_edit` does that)."""
+
+    before: Host
+    after: Host
+    site: Site  # the site as it loads once the edit is written
+    text: str  # the new hosts.toml
+    changed: bool  # False: the file would stay as it is
+
+
+def edit_host(site: Site, name: str, changes: Mapping[str, object | None]) -> HostEdit:
+    """Set (or, for None, remove) keys of host `name`'s table, keeping comments and order.
+
+    The result is loaded exactly as every command loads hosts.toml, so a value that would not load
+    is refused here with the loader's own message, and nothing is written.
+    """
+    doc = _load_doc(site)
+    text = doc.as_string()
+    hosts_before = parse_hosts(text, site_root=site.root, config=site.config)
+    before = Site(root=site.root, config=site.config, hosts=hosts_before).host(name)
+    hosts = doc["hosts"]
+    assert isinstance(hosts, Table | InlineTable)  # the file validated and names the host
+    table = hosts[name]
+    assert isinstance(table, Table | InlineTable)
+    for key, value in changes.items():
+        if value is None:
+            if key in table:
+                del table[key]
+        else:
+            _set_key(table, key, value)
+    new_text = doc.as_string()
+    hosts_after = parse_hosts(new_text, site_root=site.root, config=site.config)
+    if [h for h in hosts_after if h.name != name] != [h for h in hosts_before if h.name != name]:
+        raise RootfsError(f"{HOSTS_TOML}: changing {name} would change other hosts; not written")
+    after = Site(root=site.root, config=site.config, hosts=hosts_after)
+    return HostEdit(before, after.host(name), after, new_text, new_text != text)
+
+
+def write_edit(site: Site, edit: HostEdit) -> Host:
+    """Write what `edit_host` prepared (validated again) and read it back."""
+    _write_validated(site, edit.text)
+    return _reload(site).host(edit.after.name)
 
 
 def remove_host(site: Site, name: str) -> Host:
@@ -148,6 +252,20 @@ def _reload(site: Site) -> Site:
     return Site(root=site.root, config=site.config, hosts=hosts)
 
 
+def _set_key(table: Table | InlineTable, key: str, value: object) -> None:
+    """Set `key` in a host's table: in place if it is there (its comment kept), else right after
+    the table's last key, above its subtables and the blank lines and comments that follow it
+    (those belong to whatever comes next; tomlkit alone would append below them)."""
+    if key in table or isinstance(table, InlineTable):
+        table[key] = value
+        return
+    keys = [k for k, v in table.value.body if k is not None and not isinstance(v, Table | AoT)]
+    if not keys:
+        table[key] = value
+        return
+    table.value._insert_after(keys[-1], key, value)
+
+
 def _tail(item: Item) -> Container | None:
     """The container holding the last lines of a table: its last subtable's, if it has one."""
     if not isinstance(item, Table):
@@ -216,6 +334,9 @@ HOSTS_TEMPLATE = """\
 #base = "debian"               # optional, else [defaults] base in site.toml
 #overlays = ["diskless"]       # optional, else [defaults] overlays
 #mode = "copy"                 # optional, else [defaults] mode
+#cached = false                # true: root served through a cache on the client's own disk
+#cache_device = "LABEL=rootfs-cache"  # or an empty disk the client may format, like "/dev/vda"
+#cache_quota = "4G"            # optional, else 70% of the cache filesystem
 #[hosts.pc1.vars]              # optional, strings for overlay templates ({{ role }})
 #role = "lab"
 """

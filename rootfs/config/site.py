@@ -13,7 +13,13 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import NewType, TypeVar
 
-from rootfs.config.boot import BootConfig, HostBoot, parse_boot_config, parse_host_boot
+from rootfs.config.boot import (
+    BootConfig,
+    CacheBoot,
+    HostBoot,
+    parse_boot_config,
+    parse_host_boot,
+)
 from rootfs.config.dhcp import DhcpConfig, HostDhcp, parse_dhcp_config, parse_host_dhcp
 from rootfs.config.exports import ExportsConfig, parse_exports_config
 from rootfs.config.policy import UpdateConfig, parse_update_config
@@ -21,6 +27,7 @@ from rootfs.config.tftp import TftpConfig, parse_tftp_config
 from rootfs.config.tomlconf import (
     ConfigTable,
     Invalid,
+    boolean,
     ipv4,
     ipv4_list,
     kind_name,
@@ -28,6 +35,7 @@ from rootfs.config.tomlconf import (
     network_value,
     path_value,
     read_text,
+    size,
     string,
     table_value,
 )
@@ -46,6 +54,8 @@ DEFAULT_BASE = "debian"
 DEFAULT_OVERLAYS: tuple[str, ...] = ("diskless",)
 DEFAULT_MODE = "auto"
 DEFAULT_NFS_OPTIONS = "vers=3,tcp"
+DEFAULT_CACHE_DEVICE = "LABEL=rootfs-cache"
+"""A cached client's default cache: the filesystem labelled rootfs-cache (never formatted)."""
 TEMPLATE_FIELDS = frozenset(
     {"name", "ip", "mac", "server", "netmask", "prefixlen", "network", "broadcast", "gateway"}
     | {"dns", "domain", "root_path", "nfs_options", "vars"}
@@ -56,6 +66,8 @@ _HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")  # RFC 1123 §2.1
 _MAC = re.compile(r"[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(\1[0-9a-fA-F]{2}){4}")
 _DIR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_LABEL = re.compile(r"[A-Za-z0-9._+:@-]{1,16}")  # an ext2/3/4 volume label holds 16 bytes
+_DEV_PART = re.compile(r"[A-Za-z0-9._+:@=-]+")  # /dev/disk/by-id/..., /dev/mapper/vg-cache
 _T = TypeVar("_T")
 
 
@@ -82,6 +94,14 @@ class Host:
     vars: tuple[tuple[str, str], ...]
     boot: HostBoot = field(default_factory=HostBoot)
     dhcp: HostDhcp = field(default_factory=HostDhcp)
+    cached: bool = False  # its root is served through a FUSE cache on the client's own disk
+    cache_device: str = DEFAULT_CACHE_DEVICE  # "LABEL=<label>" or a /dev path
+    cache_quota: int | None = None  # bytes; None: the client's default (70% of the cache)
+
+    @property
+    def cache(self) -> CacheBoot | None:
+        """What the boot configs tell a cached host about its cache; None if it is not cached."""
+        return CacheBoot(self.cache_device, self.cache_quota) if self.cached else None
 
 
 @dataclass(frozen=True)
@@ -291,7 +311,7 @@ def _parse_host(hosts: ConfigTable, name: str, config: SiteConfig) -> Host:
             "not starting or ending with a hyphen (RFC 1123)",
         )
     with hosts.table(name) as t:
-        return Host(
+        host = Host(
             name=HostName(name),
             mac=t.require("mac", _mac, '"52:54:00:12:34:56"'),
             ip=t.require("ip", ipv4, '"10.0.0.11"'),
@@ -301,7 +321,17 @@ def _parse_host(hosts: ConfigTable, name: str, config: SiteConfig) -> Host:
             vars=t.get("vars", _vars, ()),
             boot=_subtable(t, "boot", parse_host_boot),
             dhcp=_subtable(t, "dhcp", parse_host_dhcp),
+            cached=t.get("cached", boolean, False),
+            cache_device=t.get("cache_device", _cache_device, DEFAULT_CACHE_DEVICE),
+            cache_quota=t.get("cache_quota", size, None),
         )
+    if host.cached and host.boot.initrd == "":
+        raise hosts.error(
+            (name, "boot", "initrd"),
+            '"" boots a cached host without an initramfs, and only the initramfs can start its'
+            " cache; remove the key (cached hosts boot [boot] initrd_cached) or name an initrd",
+        )
+    return host
 
 
 def _subtable(parent: ConfigTable, key: str, parse: Callable[[ConfigTable], _T]) -> _T:
@@ -361,6 +391,34 @@ def _mode(value: object) -> str:
     if text not in MODES:
         raise Invalid(f"{text!r} is not a mode; use one of {', '.join(MODES)}")
     return text
+
+
+def _cache_device(value: object) -> str:
+    text = string(value)
+    if "," in text or any(c.isspace() for c in text):
+        raise Invalid(
+            f"{text!r} contains whitespace or a comma, which would split the kernel command line;"
+            " name the device without them"
+        )
+    if text.startswith("LABEL="):
+        if not _LABEL.fullmatch(text.removeprefix("LABEL=")):
+            raise Invalid(
+                f"{text!r} is not a filesystem label; use 1-16 letters, digits and . _ + - : @"
+                f" (clients look for {DEFAULT_CACHE_DEVICE})"
+            )
+        return text
+    if text.startswith("/dev/"):
+        parts = text.removeprefix("/dev/").split("/")
+        if not all(_DEV_PART.fullmatch(p) and p not in (".", "..") for p in parts):
+            raise Invalid(
+                f"{text!r} is not a device path; write /dev/NAME (letters, digits and"
+                " . _ + - : @ = between the slashes), like /dev/vda or /dev/disk/by-id/..."
+            )
+        return text
+    raise Invalid(
+        f"{text!r} is not a cache device; use {DEFAULT_CACHE_DEVICE} (a filesystem with that"
+        " label) or a whole device like /dev/vda (formatted by the client only if empty)"
+    )
 
 
 def _dir_name(value: object) -> str:

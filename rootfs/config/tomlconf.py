@@ -11,6 +11,7 @@ import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueError
 from pathlib import Path
 from types import TracebackType
@@ -20,6 +21,12 @@ from rootfs.errors import ConfigError, RootfsError
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _T = TypeVar("_T")
+# A size: an optional sign (so "-1G" is told it is not positive), a decimal number, then an
+# optional binary unit written K, KB or KiB (any case), or B alone.
+_SIZE = re.compile(
+    r"\s*([+-]?)(\d+(?:\.\d*)?|\.\d+)\s*(?:([KMGT])(?:I?B)?|B)?\s*", re.IGNORECASE | re.ASCII
+)
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 class Invalid(RootfsError):
@@ -187,3 +194,37 @@ def string_list(value: object) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise Invalid(f'expected an array of strings, got {kind_name(value)}; use ["a", "b"]')
     return tuple(string(v) for v in value)
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a size such as ``4G``, ``500M``, ``1.5G``, ``64KiB`` or ``4096``.
+
+    Units are binary (K = 1024) whichever way they are written (``G``, ``GB``, ``GiB``, any case);
+    a fraction of a byte is dropped. The one size syntax of rootfs: hosts.toml's ``cache_quota``
+    and ``rootfs cache mount --quota``. ValueError("<problem>; <fix>") for anything else.
+    """
+    m = _SIZE.fullmatch(text)
+    if m is None:
+        raise ValueError(
+            f"{text!r} is not a size; write a number of bytes, or one with K, M, G or T"
+            " (powers of 1024), like 4G, 500M or 1.5G"
+        )
+    sign, number, unit = m[1], m[2], (m[3] or "").upper()
+    count = int(Fraction(number) * SIZE_UNITS[unit])
+    if sign == "-" or count <= 0:
+        raise ValueError(f"{text!r} is not a positive size; give at least one byte, like 4G")
+    return count
+
+
+def size(value: object) -> int:
+    """A positive size in bytes: a string `parse_size` reads ("4G"), or an integer of bytes."""
+    if isinstance(value, str):
+        try:
+            return parse_size(value)
+        except ValueError as e:
+            raise Invalid(str(e)) from None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise Invalid(f'expected a size like "4G", got {kind_name(value)}')
+    if value <= 0:
+        raise Invalid(f'{value} is not a positive size; give at least one byte, like "4G"')
+    return value

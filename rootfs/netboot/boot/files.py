@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from rootfs.config.boot import boot_spec
+from rootfs.config.boot import BootSpec, boot_spec
 from rootfs.config.site import Host, Site
 from rootfs.netboot.boot import render
 
@@ -76,9 +76,14 @@ def unregistered_file(name: bytes, client: IPv4Address) -> VirtualFile | None:
     return None
 
 
+def host_spec(site: Site, host: Host) -> BootSpec:
+    """What `host` boots: the site's [boot], the host's own overrides, and its cache if cached."""
+    return boot_spec(site.config.boot, host.boot, host.cache)
+
+
 def host_configs(site: Site, host: Host) -> dict[str, str]:
     """Every config a host can be served, by loader: for `rootfs boot show` and the docs."""
-    spec = boot_spec(site.config.boot, host.boot)
+    spec = host_spec(site, host)
     return {
         f"{PXELINUX_DIR}/01-{host.mac.replace(':', '-')}": render.pxelinux_host(host.name, spec),
         IPXE_SCRIPT: render.ipxe_host(host.name, spec),
@@ -107,6 +112,6 @@ def _by_ip(site: Site, client: IPv4Address) -> Host | None:
 
 
 def _host_file(site: Site, host: Host, kind: str) -> VirtualFile:
-    spec = boot_spec(site.config.boot, host.boot)
+    spec = host_spec(site, host)
     make = {"pxelinux": render.pxelinux_host, "ipxe": render.ipxe_host, "grub": render.grub_host}
     return VirtualFile(make[kind](host.name, spec).encode(), kind, host)

@@ -2,6 +2,9 @@
 
 Each registered host's config boots its kernel and initrd with a command line that lets DHCP option
 17 decide the root (see `rootfs.config.boot.CMDLINE_ARGS`), so the root path is said in one place.
+A cached host's spec already names `[boot] initrd_cached` and carries `rootfs.cache=` (and
+`rootfs.cache_quota=`) in its arguments (`rootfs.config.boot.boot_spec`), so the three syntaxes
+below render it like any other host.
 An unregistered client gets a config that says so, shows what to register, and hands control back to
 the firmware (never to the network loader again: iPXE and pxelinux loop forever otherwise).
 """
