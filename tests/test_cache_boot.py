@@ -44,7 +44,7 @@ def test_probe(head: bytes, state: str, what: str) -> None:
 
 
 def test_a_missing_device_is_named(tmp_path: Path) -> None:
-    with pytest.raises(DeviceUnusable, match="cache device .*/vdz does not exist"):
+    with pytest.raises(DeviceUnusable, match=r"cache device .*/vdz does not exist"):
         find_device(str(tmp_path / "vdz"))
 
 
@@ -52,7 +52,7 @@ def test_a_device_holding_data_is_left_as_it_is(tmp_path: Path) -> None:
     disk = tmp_path / "disk"
     data = at(510, b"\x55\xaa") + os.urandom(4096)
     disk.write_bytes(data)
-    with pytest.raises(DeviceUnusable, match="holds an MBR partition table .* left as it is"):
+    with pytest.raises(DeviceUnusable, match=r"holds an MBR partition table .* left as it is"):
         prepare_device(str(disk), tmp_path / "cache")
     assert disk.read_bytes() == data
     assert not (tmp_path / "cache").exists()
