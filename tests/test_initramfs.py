@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from rootfs.errors import UserError
 from rootfs.netboot.boot.initramfs import Cpio, Kernel, build_initramfs, load_order, module_depends
+from rootfs.netboot.boot.runtime import build_runtime, python_argv, python_env
 
 
 def test_dependencies_come_first_and_names_match_across_dash_and_underscore() -> None:
@@ -77,3 +82,89 @@ def test_initramfs_is_cached_by_its_inputs_and_reproducible(tmp_path: Path) -> N
     assert build_initramfs(kernel, tmp_path / "cache", busybox=busybox).read_bytes() == content
     other = Kernel(version="6.1", vmlinuz=kernel.vmlinuz, modules=mods, key="k2")
     assert build_initramfs(other, tmp_path / "cache", busybox=busybox) != first
+
+
+# -- the cached clients' runtime: Debian's Python and the cache daemon, really run --------------
+
+RUNTIME_CACHE = Path(os.environ.get("ROOTFS_E2E_CACHE", "/var/cache/rootfs-e2e"))
+
+
+@pytest.fixture(scope="module")
+def runtime() -> Path:
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        pytest.skip("needs apt-get and dpkg-deb (a Debian system)")
+    return build_runtime(RUNTIME_CACHE)
+
+
+def run_runtime(runtime: Path, *args: str, **kwargs: Any) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [*python_argv(runtime, "@rootfs-cache"), *args],
+        env={**python_env(runtime), "PATH": os.environ["PATH"]},
+        cwd="/",  # not this checkout: the runtime's own copy of rootfs must be the one imported
+        **kwargs,
+    )
+
+
+@pytest.mark.slow
+def test_the_runtime_carries_what_the_daemon_imports_and_no_sources(runtime: Path) -> None:
+    proc = run_runtime(
+        runtime,
+        "-c",
+        "import sys, rootfs.cache.boot, rootfs.cache.mount, pyfuse3, trio, xxhash;"
+        "print(sys.version_info[:2], rootfs.cache.boot.__file__)",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().startswith("(3, 11)") and out.decode().strip().endswith("boot.pyc")
+    assert not list((runtime / "usr/lib/python3.11").glob("*.py"))  # sourceless: smaller image
+    assert not (runtime / "usr/lib/python3.11/test").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+def test_the_daemon_formats_an_empty_disk_and_serves_a_tree_with_debians_packages(
+    runtime: Path, tmp_path: Path
+) -> None:
+    """What a cached client's /init starts, run here with the same runtime: an empty disk image
+    is formatted, mounted, and the tree is served through the cache from it."""
+    base = tmp_path / "base"
+    (base / "etc").mkdir(parents=True)
+    (base / "etc/motd").write_text("cached\n")
+    env = {**os.environ, "ROOTFS_STATE_DIR": str(tmp_path / "state"),
+           "ROOTFS_EXPORT_ROOT": str(tmp_path / "export")}  # fmt: skip
+    site = str(tmp_path / "site")
+    for args in (["init", site], ["--site", site, "base", "import", "b", str(base)],
+                 ["--site", site, "host", "add", "pc9", "--mac", "52:54:00:00:00:99",
+                  "--ip", "10.9.0.99", "--base", "b", "--mode", "copy"]):  # fmt: skip
+        subprocess.run([sys.executable, "-m", "rootfs", *args], env=env, check=True,
+                       capture_output=True, timeout=120)  # fmt: skip
+    tree = tmp_path / "export/10.9.0.99"  # the host tree, with its published manifest
+    disk = tmp_path / "disk"
+    with open(disk, "wb") as f:
+        f.truncate(32 << 20)
+    mnt, cache_mount = tmp_path / "mnt", tmp_path / "cachefs"
+    mnt.mkdir()
+    daemon = run_runtime(
+        runtime, "-m", "rootfs.cache.boot", "--source", str(tree), "--mountpoint", str(mnt),
+        "--device", str(disk), "--cache-mount", str(cache_mount),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.ismount(mnt):
+            assert daemon.poll() is None, daemon.communicate()[0].decode()
+            assert time.monotonic() < deadline, "not mounted within 60 s"
+            time.sleep(0.1)
+        assert (mnt / "etc/motd").read_text() == "cached\n"
+        cmdline = Path(f"/proc/{daemon.pid}/cmdline").read_bytes()
+        assert cmdline.startswith(b"@rootfs-cache\0")  # spared by systemd's shutdown
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+        daemon.wait(30)
+        subprocess.run(["umount", "-l", str(cache_mount)], check=False)
+    log = daemon.communicate()[0].decode()
+    assert "formatting the empty device" in log, log
+    assert daemon.returncode == 0, log
+

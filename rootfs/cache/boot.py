@@ -197,19 +197,47 @@ def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
 
 
+def _become_storage_daemon(argv: list[str]) -> None:
+    """Start again with ``argv[0]`` ``@rootfs-cache``, unless that is done already.
+
+    systemd's shutdown kills every process left except those whose argv[0] starts with '@':
+    root storage daemons, which must serve `/` until it is unmounted. What counts is the first
+    word of /proc/self/cmdline, so the runtime's own loader is exec'd with that word.
+    """
+    with open("/proc/self/cmdline", "rb") as f:
+        if f.read().startswith(b"@"):
+            return
+    runtime = Path(sys.prefix).parent
+    loader = runtime / "lib64/ld-linux-x86-64.so.2"
+    python = runtime / "usr/bin/python3.11"
+    if not (loader.exists() and python.exists()):
+        log.warning("not started from the client runtime: systemd's shutdown will not spare it")
+        return
+    library_path = os.environ.get("LD_LIBRARY_PATH", "")
+    os.execv(
+        loader,
+        ["@rootfs-cache", "--argv0", "@rootfs-cache", "--library-path", library_path,
+         str(python), "-m", "rootfs.cache.boot", *argv],
+    )  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     """The daemon: device, then the mount (blocks until unmounted)."""
+    if argv is None:
+        argv = sys.argv[1:]
+        _become_storage_daemon(argv)
     parser = argparse.ArgumentParser(prog="rootfs-cache", description=__doc__.split("\n")[0])
     parser.add_argument("--source", type=Path, required=True, help="the mounted NFS root")
     parser.add_argument("--mountpoint", type=Path, required=True, help="where / is served")
     parser.add_argument("--device", default=f"LABEL={LABEL}", help="cache device")
     parser.add_argument("--quota", type=int, default=None, help="bytes (default: 70%% of it)")
+    parser.add_argument("--cache-mount", type=Path, default=CACHE_MOUNT, help="where it is mounted")
     args = parser.parse_args(argv)
     _configure_logging()
     from rootfs.cache.mount import MountConfig, mount  # after logging: pyfuse3 warns on import
 
     try:
-        cache_dir = prepare_device(args.device)
+        cache_dir = prepare_device(args.device, args.cache_mount)
     except DeviceUnusable as exc:
         log.error("%s; booting uncached, from NFS", exc)
         return UNUSABLE

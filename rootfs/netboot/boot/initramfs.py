@@ -37,6 +37,7 @@ from pathlib import Path
 
 from rootfs.durable import atomic_write_bytes
 from rootfs.errors import UserError
+from rootfs.netboot.boot.runtime import build_runtime
 
 FORMAT = "1"  # bump when the layout of the initramfs changes: it is part of every cache key
 DEFAULT_PACKAGE = "linux-image-amd64"
@@ -50,6 +51,11 @@ DEFAULT_MODULES = (
     "e1000e",
     "nfs",
     "nfsv3",
+    # A cached client (rootfs.cache.boot): its disk, the cache filesystem, FUSE for the root.
+    "virtio_blk",
+    "ahci",
+    "ext4",
+    "fuse",
 )
 _DEB_NAME = re.compile(r"[a-z0-9][a-z0-9.+-]*")
 
@@ -255,6 +261,23 @@ udhcpc -i "$iface" -f -q -n -t 10 -T 2 -O rootpath -O hostname -s /etc/udhcpc.sc
 . /run/lease
 [ -n "$rootpath" ] || fail "the DHCP server sent no root path (option 17)"
 
+cache= ; quota=
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        rootfs.cache=*) cache=${arg#rootfs.cache=} ;;
+        rootfs.cache_quota=*) quota=${arg#rootfs.cache_quota=} ;;
+    esac
+done
+root=/root
+if [ -n "$cache" ]; then
+    if [ -d /opt/rootfs-cache ]; then
+        root=/nfs  # the NFS root stays private: / will be the cache mount of it
+    else
+        say "rootfs.cache=$cache but this initramfs carries no cache runtime: booting uncached"
+        cache=
+    fi
+fi
+
 path=${rootpath%%,*}
 opts=
 case "$rootpath" in *,*) opts=${rootpath#*,} ;; esac
@@ -264,18 +287,45 @@ case "$path" in
 esac
 case ",$opts," in *,lock,*|*,nolock,*) ;; *) opts=${opts:+$opts,}nolock ;; esac
 say "ip=$ip hostname=${hostname:-} root=$server:$path ($opts)"
-mkdir -p /root
+mkdir -p /root "$root"
 n=0
-until mount -t nfs -o "$opts,addr=$server" "$server:$path" /root; do
+until mount -t nfs -o "$opts,addr=$server" "$server:$path" "$root"; do
     n=$((n + 1)); [ $n -ge 10 ] && fail "cannot mount $server:$path"
     sleep 2
 done
-[ -x "/root$init" ] || [ -L "/root$init" ] || fail "$init not found in $server:$path"
+if [ -n "$cache" ]; then
+    # The daemon's runtime moves to a tmpfs of its own: switch_root empties the initramfs, and
+    # the daemon must outlive it. argv[0] "@rootfs-cache" makes systemd's shutdown spare it.
+    rt=/run/rootfs-cache
+    mkdir -p $rt && mount -t tmpfs -o mode=0755 rootfs-cache-runtime $rt
+    mv /opt/rootfs-cache/* $rt/
+    say "cache on $cache${quota:+, quota $quota bytes}"
+    LD_LIBRARY_PATH=$rt/lib/x86_64-linux-gnu:$rt/usr/lib/x86_64-linux-gnu \
+    PYTHONHOME=$rt/usr PYTHONPATH=$rt/usr/lib/python3/dist-packages PYTHONDONTWRITEBYTECODE=1 \
+        $rt/lib64/ld-linux-x86-64.so.2 --argv0 @rootfs-cache $rt/usr/bin/python3.11 \
+        -m rootfs.cache.boot --source /nfs --mountpoint /root --device "$cache" \
+        ${quota:+--quota "$quota"} </dev/null >/dev/console 2>&1 &
+    daemon=$!
+    n=0
+    until grep -q " /root fuse" /proc/mounts; do
+        kill -0 $daemon 2>/dev/null || break
+        n=$((n + 1)); [ $n -ge 1200 ] && break
+        sleep 0.1
+    done
+    if grep -q " /root fuse" /proc/mounts; then
+        root=/root
+        say "root served through the cache"
+    else
+        kill $daemon 2>/dev/null
+        say "the cache did not start (see above): booting uncached, from NFS"
+    fi
+fi
+[ -x "$root$init" ] || [ -L "$root$init" ] || fail "$init not found in $server:$path"
 export ROOTFS_IP="$ip" ROOTFS_HOSTNAME="${hostname:-}"
 export ROOTFS_ROOT="$server:$path" ROOTFS_SERVER="$server"
 say "switching to $init"
 umount /sys /proc
-exec switch_root /root "$init"
+exec switch_root "$root" "$init"
 """
 
 UDHCPC_SCRIPT = r"""#!/bin/busybox sh
@@ -297,15 +347,22 @@ exit 0
 
 
 def build_initramfs(
-    kernel: Kernel, cache: Path, *, busybox: Path = BUSYBOX, init: str = INIT
+    kernel: Kernel,
+    cache: Path,
+    *,
+    busybox: Path = BUSYBOX,
+    init: str = INIT,
+    runtime: Path | None = None,
 ) -> Path:
     """A gzip'd newc cpio (what the kernel unpacks) with busybox, the modules and /init; cached
-    as `cache/initramfs-<digest of its inputs>.img`."""
+    as `cache/initramfs-<digest of its inputs>.img`. With *runtime* (`runtime.build_runtime`)
+    it also carries the cache daemon under /opt/rootfs-cache, for cached clients."""
     if not busybox.is_file():
         raise UserError(f"{busybox} not found; apt-get install busybox-static")
     if b"ld-linux" in busybox.read_bytes()[:65536]:
         raise UserError(f"{busybox} is dynamically linked; install busybox-static")
-    key = _digest([FORMAT, kernel.key, _file_digest(busybox), init, UDHCPC_SCRIPT])
+    parts = [FORMAT, kernel.key, _file_digest(busybox), init, UDHCPC_SCRIPT]
+    key = _digest([*parts, runtime.name] if runtime is not None else parts)
     target = cache / f"initramfs-{key}.img"
     if target.exists():
         return target
@@ -314,6 +371,7 @@ def build_initramfs(
     for d in ("bin", "dev", "etc", "lib", "lib/modules", "proc", "sys", "run", "root", "tmp"):
         cpio.directory(d)
     cpio.node("dev/console", 0o600, major=5, minor=1)
+    cpio.node("dev/kmsg", 0o600, major=1, minor=11)
     cpio.file("bin/busybox", busybox.read_bytes(), 0o755)
     cpio.symlink("bin/sh", "busybox")
     cpio.file("init", init.encode(), 0o755)
@@ -322,6 +380,8 @@ def build_initramfs(
     cpio.file("lib/modules/order", "".join(f"{n}\n" for n in names).encode(), 0o644)
     for name in names:
         cpio.file(f"lib/modules/{name}.ko", (kernel.modules / f"{name}.ko").read_bytes(), 0o644)
+    if runtime is not None:
+        cpio.tree(runtime, "opt/rootfs-cache")
     # mtime 0 in the gzip header too: the same inputs give the same bytes.
     atomic_write_bytes(target, gzip.compress(cpio.finish(), compresslevel=6, mtime=0))
     return target
@@ -359,6 +419,24 @@ class Cpio:
     def node(self, name: str, mode: int, *, major: int, minor: int) -> None:
         self._entry(name, 0o020000 | mode, rdev=(major, minor))
 
+    def tree(self, top: Path, prefix: str) -> None:
+        """Everything under *top* (directories, files with their modes, symlinks) at *prefix*."""
+        self.directory(prefix)
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames.sort()
+            rel = os.path.relpath(dirpath, top)
+            base = prefix if rel == "." else f"{prefix}/{rel}"
+            for name in [*dirnames, *sorted(filenames)]:
+                path = os.path.join(dirpath, name)
+                st = os.lstat(path)
+                if os.path.islink(path):
+                    self.symlink(f"{base}/{name}", os.readlink(path))
+                elif name in dirnames:
+                    self.directory(f"{base}/{name}", st.st_mode & 0o7777)
+                else:
+                    with open(path, "rb") as f:
+                        self.file(f"{base}/{name}", f.read(), st.st_mode & 0o7777)
+
     def finish(self) -> bytes:
         self._entry("TRAILER!!!", 0)
         return self._out.getvalue()
@@ -376,6 +454,7 @@ def prepare(
     kernel_name: str = "vmlinuz",
     initrd_name: str = "initrd.img",
     modules: Sequence[str] = DEFAULT_MODULES,
+    cached_initrd_name: str | None = None,
 ) -> BootImages:
     """Fetch (or take) the kernel .deb, build the initramfs, and install both into the TFTP boot
     directory under the names [boot] kernel/initrd use. Installing replaces atomically and only
@@ -383,8 +462,12 @@ def prepare(
     cache.mkdir(parents=True, exist_ok=True)
     kernel = unpack_kernel(deb or fetch_deb(package, cache), cache, modules)
     initrd = build_initramfs(kernel, cache)
+    images = [(kernel.vmlinuz, kernel_name), (initrd, initrd_name)]
+    if cached_initrd_name is not None:
+        cached = build_initramfs(kernel, cache, runtime=build_runtime(cache))
+        images.append((cached, cached_initrd_name))
     installed = []
-    for source, name in ((kernel.vmlinuz, kernel_name), (initrd, initrd_name)):
+    for source, name in images:
         dest = boot_dir / name
         if not dest.exists() or _file_digest(dest) != _file_digest(source):
             dest.parent.mkdir(parents=True, exist_ok=True)
