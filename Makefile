@@ -20,6 +20,8 @@ DEB_PACKAGES += isc-dhcp-client dnsmasq-base iproute2
 DEB_PACKAGES += fuse3 libfuse3-dev pkg-config bindfs
 DEB_PACKAGES += nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils
 DEB_PACKAGES += qemu-system-x86 ipxe-qemu
+# cached clients: the e2e disk image (debugfs) and counting NFS bytes per client (nft)
+DEB_PACKAGES += e2fsprogs nftables
 
 # Reinstall the venv whenever pyproject.toml's content (not just its mtime) changes.
 PYPROJECT_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)
@@ -28,13 +30,14 @@ STAMP := $(VENV)/.installed-$(PYPROJECT_HASH)
 # The demo runs against the repo's own default site, with all state kept under ./demo/.
 DEMO_DIR ?= $(CURDIR)/demo
 
-.PHONY: help install system-packages venv lint test demo bench clean $(addprefix bench-,build update dhcp tftp cache)
+.PHONY: help install system-packages venv lint test demo bench clean $(addprefix bench-,build update dhcp tftp cache cachedboot)
 
 help:
 	@echo "make test    install everything, then ruff, mypy and pytest (what CI runs)"
 	@echo "make demo    build the default site's hosts from a small base, state under ./demo/"
 	@echo "make bench   every benchmark against its peer (bench-build, bench-update, bench-dhcp,"
-	@echo "             bench-tftp, bench-cache: cp/rsync, rsync, dnsmasq, tftp-hpa, bindfs)"
+	@echo "             bench-tftp, bench-cache, bench-cachedboot: cp/rsync, rsync, dnsmasq, tftp-hpa,"
+	@echo "             bindfs, a plain NFS-root boot)"
 	@echo "make lint    ruff check, mypy, and the import layers (lint-imports)"
 	@echo "make install Debian packages + $(VENV) with rootfs and its test tools"
 	@echo "make clean   remove ./demo/ and the install stamp"
@@ -82,7 +85,7 @@ demo: install
 	$(BIN)/python scripts/demo-boot
 
 # Each benchmark runs its peer in the same run and prints ratios; `make bench` runs them all.
-BENCHES := build update dhcp tftp cache
+BENCHES := build update dhcp tftp cache cachedboot
 bench: $(addprefix bench-,$(BENCHES))
 
 $(addprefix bench-,$(BENCHES)): bench-%: install

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -25,7 +25,7 @@ from typing import IO
 from netns import kill_lab
 
 QEMU = "qemu-system-x86_64"
-TOOLS = (QEMU, "ganesha.nfsd", "rpcbind", "ip", "nsenter", "unshare", "apt-get", "dpkg-deb")
+TOOLS = (QEMU, "ganesha.nfsd", "rpcbind", "ip", "nsenter", "unshare", "apt-get", "dpkg-deb", "nft")
 WAIT = 60.0  # seconds for a daemon to listen on a loaded 2-core machine
 
 
@@ -126,12 +126,16 @@ class BootLab:
         log: Path,
         echo: IO[str] | None = None,
         until: str | None = None,
+        disk: Path | None = None,
+        on: dict[str, Callable[[], None]] | None = None,
     ) -> Boot:
         """Power on a QEMU guest that network-boots from its ROM (iPXE) with `mac`, and wait until
         it powers off, prints `until`, or `timeout` passes; QEMU is killed in any case.
 
         TCG on purpose: the test must hold on machines without KVM (CI), and that is the slow
         case. `-no-reboot` turns a kernel panic or a reboot into an exit instead of a loop.
+        `disk` is attached as the guest's virtio disk (/dev/vda); `on` maps console text to
+        what to do, once, when it appears (e.g. stop a server under a running client).
         """
         tap = self.add_tap()
         argv = [
@@ -140,6 +144,9 @@ class BootLab:
             "-boot", "n", "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
             "-device", f"virtio-net-pci,netdev=n0,mac={mac}",
         ]  # fmt: skip
+        if disk is not None:
+            argv += ["-drive", f"file={disk},if=virtio,format=raw"]
+        pending = dict(on or {})
         start = time.monotonic()
         proc = subprocess.Popen(
             [*self.inside, *argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -169,6 +176,8 @@ class BootLab:
                         echo.write(terminal.feed(chunk))
                         echo.flush()
                     tail = (tail + chunk)[-4096:]  # `until` may straddle several reads
+                    for text in [t for t in pending if t.encode() in tail]:
+                        pending.pop(text)()
                     if until is not None and until.encode() in tail:
                         break
         finally:
@@ -200,6 +209,36 @@ class _Terminal:
         if partial:
             text = text[: partial.start()]
         return _CONTROL.sub("", _ESCAPE.sub("", text))
+
+
+class NfsCounter:
+    """Bytes the lab's NFS server sends to one client (nftables counts them at the server's
+    output hook: every reply, data and metadata, headers included)."""
+
+    TABLE = "rootfs_e2e"
+
+    def __init__(self, lab: BootLab, client_ip: str) -> None:
+        self.lab = lab
+        self.client_ip = client_ip
+        script = (
+            f"add table inet {self.TABLE}\n"
+            f"add chain inet {self.TABLE} out {{ type filter hook output priority 0; }}\n"
+            f"add counter inet {self.TABLE} nfs_{client_ip.replace('.', '_')}\n"
+            f"add rule inet {self.TABLE} out ip daddr {client_ip} tcp sport 2049"
+            f" counter name nfs_{client_ip.replace('.', '_')}\n"
+        )
+        subprocess.run([*lab.inside, "nft", "-f", "-"], input=script.encode(), check=True)
+
+    def take(self) -> int:
+        """Bytes sent since the last call (the counter is reset)."""
+        name = f"nfs_{self.client_ip.replace('.', '_')}"
+        out = subprocess.run(
+            [*self.lab.inside, "nft", "reset", "counter", "inet", self.TABLE, name],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        match = re.search(r"bytes (\d+)", out)
+        assert match is not None, out
+        return int(match.group(1))
 
 
 def _ip(*args: str) -> None:

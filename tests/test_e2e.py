@@ -14,15 +14,19 @@ deleted in `finally`) and fits in 10 minutes on 2 cores under TCG.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-from e2e_lab import Boot, BootLab, missing_tools, open_boot_lab, rootfs_argv
+import xxhash
+from e2e_lab import Boot, BootLab, NfsCounter, missing_tools, open_boot_lab, rootfs_argv
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER = "192.168.240.1"
@@ -210,4 +214,85 @@ def test_pxe_boot_over_rootfs_dhcp_tftp_and_ganesha_nfs(
     assert "rootfs-marker" not in stranger.console
     assert "(unknown MAC)" in site.rootfs("trace", STRANGER_MAC)
     print(site.rootfs("status"))
+    print(f"total: {time.monotonic() - t0:.0f}s")
+
+
+# -- a cached client: / served from its own disk through rootfs's cache ----------------------
+
+PC3 = ("pc3", "52:54:00:e2:e0:03", "192.168.240.13")
+CACHE_BOOT_TIMEOUT = 240.0  # the cached initramfs is larger and starts Python under TCG
+
+
+def _debugfs(disk: Path, request: str) -> str:
+    out = subprocess.run(["debugfs", "-R", request, str(disk)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def _flip_cached_object(disk: Path, content: bytes) -> None:
+    """Corrupt one byte of the cached object holding *content*, on the guest's disk image."""
+    digest = xxhash.xxh3_128_hexdigest(content)
+    path = f"/rootfs/objects/{digest[:2]}/{digest[2:]}"
+    block = int(_debugfs(disk, f"bmap {path} 0").split()[-1])
+    block_size = int(re.search(r"Block size:\s+(\d+)", _debugfs(disk, "stats")).group(1))  # type: ignore[union-attr]
+    with open(disk, "r+b") as f:
+        f.seek(block * block_size)
+        byte = f.read(1)
+        f.seek(block * block_size)
+        f.write(bytes([byte[0] ^ 0x01]))
+
+
+def test_a_cached_client_boots_from_its_disk_and_survives_the_server(
+    site: Site, lab: BootLab, tmp_path: Path
+) -> None:
+    t0 = time.monotonic()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    release = b"cached generation\n"
+    base = _make_base(tmp_path / "base", release.decode().strip())
+    site.rootfs("base", "import", "e2e", str(base))
+    name, mac, ip = PC3
+    site.rootfs("host", "add", name, "--mac", mac, "--ip", ip, "--cached",
+                "--cache-device", "/dev/vda")  # fmt: skip
+    assert "boots cached" in site.rootfs("boot", "show", name)
+    print(site.rootfs("boot", "initramfs", "--cache", str(CACHE)))
+    _serve(site, lab, logs)
+    nfs = NfsCounter(lab, ip)
+    disk = tmp_path / "disk.img"
+    with open(disk, "wb") as f:
+        f.truncate(128 << 20)  # empty: the client formats it
+    print(f"setup: {time.monotonic() - t0:.0f}s")
+
+    def boot(tag: str, **kw: Any) -> tuple[Boot, int]:
+        b = lab.boot(mac, timeout=CACHE_BOOT_TIMEOUT, log=logs / f"console-{tag}.log",
+                     disk=disk, **kw)  # fmt: skip
+        sent = nfs.take()
+        print(f"--- {tag}: {b.seconds:.0f}s, NFS {sent} bytes, powered off: {b.powered_off}")
+        lines = _assert_booted(b, PC3, logs)
+        assert "rootfs-initramfs: root served through the cache" in b.console, b.console[-3000:]
+        assert f"rootfs-marker: release={release.decode().strip()}" in lines
+        return b, sent
+
+    cold, cold_bytes = boot("cold")
+    assert "formatting the empty device /dev/vda" in cold.console
+    # Between boots a bit of one cached object flips on the disk: it must never be served.
+    _flip_cached_object(disk, release)
+    warm, warm_bytes = boot("warm")
+    assert warm_bytes < cold_bytes * 0.10, (warm_bytes, cold_bytes)
+    digest = xxhash.xxh3_128_hexdigest(release)
+    assert f"cached object {digest} does not match its name; removed" in warm.console
+
+    # With the client up, the NFS server goes away: what it cached keeps working, the rest fails.
+    hosts = site.root / "hostcfg/hosts.toml"
+    append = "console=ttyS0 quiet panic=5 init=/usr/sbin/rootfs-marker rootfs.marker=offline-check"
+    hosts.write_text(hosts.read_text() + f'\n[hosts.{name}.boot]\nappend = "{append}"\n')
+    time.sleep(3)  # rootfs serve notices the inventory change
+
+    def stop_nfs() -> None:
+        pid = int((tmp_path / "state/ganesha/ganesha.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+
+    offline, _ = boot("offline", on={"waiting for the server to go away": stop_nfs})
+    assert "rootfs-marker: offline: cached files work" in offline.console, offline.console[-3000:]
+    assert "rootfs-marker: offline: uncached read failed" in offline.console
     print(f"total: {time.monotonic() - t0:.0f}s")

@@ -15,7 +15,7 @@ import pytest
 
 from rootfs.errors import UserError
 from rootfs.netboot.boot.initramfs import Cpio, Kernel, build_initramfs, load_order, module_depends
-from rootfs.netboot.boot.runtime import build_runtime, python_argv, python_env
+from rootfs.netboot.boot.runtime import LOADER, build_runtime, python_argv, python_env
 
 
 def test_dependencies_come_first_and_names_match_across_dash_and_underscore() -> None:
@@ -120,6 +120,9 @@ def test_the_runtime_carries_what_the_daemon_imports_and_no_sources(runtime: Pat
     assert out.decode().startswith("(3, 11)") and out.decode().strip().endswith("boot.pyc")
     assert not list((runtime / "usr/lib/python3.11").glob("*.py"))  # sourceless: smaller image
     assert not (runtime / "usr/lib/python3.11/test").exists()
+    assert (runtime / LOADER).is_file() and not (runtime / LOADER).is_symlink()
+    links = [p for p in runtime.rglob("*") if p.is_symlink()]
+    assert links and not [p for p in links if os.readlink(p).startswith("/")]  # relocatable
 
 
 @pytest.mark.slow
@@ -168,3 +171,26 @@ def test_the_daemon_formats_an_empty_disk_and_serves_a_tree_with_debians_package
     assert "formatting the empty device" in log, log
     assert daemon.returncode == 0, log
 
+
+
+@pytest.mark.skipif(shutil.which("busybox") is None, reason="needs busybox to read it back")
+def test_a_tree_goes_in_with_every_parent_directory(tmp_path: Path) -> None:
+    """The kernel's unpacker makes no missing parents: opt/ must come before opt/rootfs-cache/."""
+    src = tmp_path / "src"
+    (src / "usr/bin").mkdir(parents=True)
+    (src / "usr/bin/python").write_bytes(b"\x7fELF")
+    (src / "usr/bin/python").chmod(0o755)
+    (src / "lib64").symlink_to("usr/bin")
+    archive = Cpio()
+    archive.tree(src, "opt/rootfs-cache")
+    data = archive.finish()
+    names = [line for line in subprocess.run(
+        ["busybox", "cpio", "-t"], input=data, capture_output=True, check=True
+    ).stdout.decode().splitlines()]  # fmt: skip
+    assert names[:2] == ["opt", "opt/rootfs-cache"]
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run(["busybox", "cpio", "-i", "-d"], input=data, cwd=out, check=True,
+                   capture_output=True)  # fmt: skip
+    assert (out / "opt/rootfs-cache/usr/bin/python").stat().st_mode & 0o777 == 0o755
+    assert (out / "opt/rootfs-cache/lib64").readlink() == Path("usr/bin")

@@ -193,7 +193,9 @@ def _configure_logging() -> None:
     console.setFormatter(logging.Formatter("rootfs-cache: %(message)s"))
     handlers: list[logging.Handler] = [console]
     with contextlib.suppress(OSError):  # no /dev/kmsg: the console alone
-        handlers.append(_KmsgHandler())
+        kmsg = _KmsgHandler()
+        kmsg.setFormatter(logging.Formatter("%(message)s"))
+        handlers.append(kmsg)
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
 
 
@@ -208,7 +210,7 @@ def _become_storage_daemon(argv: list[str]) -> None:
         if f.read().startswith(b"@"):
             return
     runtime = Path(sys.prefix).parent
-    loader = runtime / "lib64/ld-linux-x86-64.so.2"
+    loader = runtime / "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
     python = runtime / "usr/bin/python3.11"
     if not (loader.exists() and python.exists()):
         log.warning("not started from the client runtime: systemd's shutdown will not spare it")

@@ -55,6 +55,7 @@ DEFAULT_MODULES = (
     "virtio_blk",
     "ahci",
     "ext4",
+    "crc32c_generic",  # ext4 asks the crypto API for crc32c at mount; nothing loads it by name
     "fuse",
 )
 _DEB_NAME = re.compile(r"[a-z0-9][a-z0-9.+-]*")
@@ -302,7 +303,7 @@ if [ -n "$cache" ]; then
     say "cache on $cache${quota:+, quota $quota bytes}"
     LD_LIBRARY_PATH=$rt/lib/x86_64-linux-gnu:$rt/usr/lib/x86_64-linux-gnu \
     PYTHONHOME=$rt/usr PYTHONPATH=$rt/usr/lib/python3/dist-packages PYTHONDONTWRITEBYTECODE=1 \
-        $rt/lib64/ld-linux-x86-64.so.2 --argv0 @rootfs-cache $rt/usr/bin/python3.11 \
+        $rt/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 --argv0 @rootfs-cache $rt/usr/bin/python3.11 \
         -m rootfs.cache.boot --source /nfs --mountpoint /root --device "$cache" \
         ${quota:+--quota "$quota"} </dev/null >/dev/console 2>&1 &
     daemon=$!
@@ -420,8 +421,11 @@ class Cpio:
         self._entry(name, 0o020000 | mode, rdev=(major, minor))
 
     def tree(self, top: Path, prefix: str) -> None:
-        """Everything under *top* (directories, files with their modes, symlinks) at *prefix*."""
-        self.directory(prefix)
+        """Everything under *top* (directories, files with their modes, symlinks) at *prefix*.
+        The kernel's unpacker creates no missing parents: each level of *prefix* gets an entry."""
+        parts = prefix.split("/")
+        for depth in range(1, len(parts) + 1):
+            self.directory("/".join(parts[:depth]))
         for dirpath, dirnames, filenames in os.walk(top):
             dirnames.sort()
             rel = os.path.relpath(dirpath, top)

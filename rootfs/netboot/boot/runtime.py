@@ -54,7 +54,7 @@ PACKAGES = (
     "python3-exceptiongroup",
 )
 PYTHON = "usr/bin/python3.11"
-LOADER = "lib64/ld-linux-x86-64.so.2"
+LOADER = "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"  # the file (lib64/ links to it)
 LIBRARY_PATH = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
 STDLIB = "usr/lib/python3.11"
 SITE = "usr/lib/python3/dist-packages"
@@ -140,6 +140,7 @@ def build_runtime(cache: Path, *, packages: Iterable[str] = PACKAGES) -> Path:
         for binary in (tree / "usr/bin").iterdir():
             if binary.name != "python3.11":
                 binary.unlink()
+        _relative_links(tree)
         ours = tree / SITE / "rootfs"
         for source in sources:
             dest = ours / source.relative_to(package_root)
@@ -148,6 +149,20 @@ def build_runtime(cache: Path, *, packages: Iterable[str] = PACKAGES) -> Path:
         _compile(tree)
         os.replace(tree, target)
     return target
+
+
+def _relative_links(tree: Path) -> None:
+    """Make absolute symlinks (``lib64/ld-linux-x86-64.so.2 -> /lib/...``) relative: the tree
+    runs from wherever the initramfs puts it, where an absolute target would miss. Links into
+    what was pruned go."""
+    for dirpath, dirnames, filenames in os.walk(tree):
+        for name in [*dirnames, *filenames]:
+            link = Path(dirpath) / name
+            if link.is_symlink() and (target := os.readlink(link)).startswith("/"):
+                link.unlink()
+                link.symlink_to(os.path.relpath(tree / target.lstrip("/"), link.parent))
+            if link.is_symlink() and not link.exists():  # into a pruned part (etc/)
+                link.unlink()
 
 
 def python_argv(runtime: Path, argv0: str = "python3") -> list[str]:
