@@ -46,6 +46,7 @@ class Boot:
     console: str
     powered_off: bool  # QEMU exited by itself (the guest powered off), not killed at the deadline
     seconds: float
+    seen: dict[str, float] = field(default_factory=dict)  # `on` text -> seconds from power-on
 
 
 @dataclass
@@ -147,6 +148,7 @@ class BootLab:
         if disk is not None:
             argv += ["-drive", f"file={disk},if=virtio,format=raw"]
         pending = dict(on or {})
+        seen: dict[str, float] = {}
         start = time.monotonic()
         proc = subprocess.Popen(
             [*self.inside, *argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -177,6 +179,7 @@ class BootLab:
                         echo.flush()
                     tail = (tail + chunk)[-4096:]  # `until` may straddle several reads
                     for text in [t for t in pending if t.encode() in tail]:
+                        seen[text] = time.monotonic() - start
                         pending.pop(text)()
                     if until is not None and until.encode() in tail:
                         break
@@ -186,7 +189,12 @@ class BootLab:
             proc.stdout.close()
             _ip("-n", self.ns, "link", "del", tap)
         console = b"".join(chunks).decode(errors="replace").replace("\r", "")
-        return Boot(console=console, powered_off=powered_off, seconds=time.monotonic() - start)
+        return Boot(
+            console=console,
+            powered_off=powered_off,
+            seconds=time.monotonic() - start,
+            seen=seen,
+        )
 
 
 _ESCAPE = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|[A-Za-z])")
