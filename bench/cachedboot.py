@@ -1,7 +1,9 @@
 """Benchmark: a cached client's boot against a plain NFS-root boot, same lab, same run.
 
 One host boots under QEMU (TCG, iPXE, `rootfs serve`, ganesha.nfsd, as tests/test_e2e.py does):
-(a) as a plain NFS-root client, (b) cached with an empty disk (cold), (c) cached again (warm).
+(a) as a plain NFS-root client, (b) the floor: a plain boot that loads the cached clients'
+initramfs (the cost of carrying the Python runtime, before any cache work), (c) cached with an
+empty disk (cold), (d) cached again (warm).
 Each row: power-on to the marker's line on the console, and the bytes the NFS server sent the
 client (counted by nftables at the server). The boots take turns `--rounds` times; medians.
 
@@ -31,6 +33,7 @@ HOST = ("pc1", "52:54:00:e2:e1:01", "192.168.241.11")
 MARKER = "rootfs-marker: hostname="
 CACHE = Path(os.environ.get("ROOTFS_E2E_CACHE", "/var/cache/rootfs-e2e"))
 TIMEOUT = 300.0
+INITRD = "initrd-cached.img"
 
 
 def write_site(root: Path, state: Path) -> None:
@@ -89,7 +92,9 @@ def main() -> None:
         rootfs("host", "add", name, "--mac", mac, "--ip", ip, "--cached", "--cache-device",
                "/dev/vda")  # fmt: skip
         rootfs("boot", "initramfs", "--cached", "--cache", str(CACHE))
-        samples: dict[str, list[tuple[float, int]]] = {"plain": [], "cold": [], "warm": []}
+        kinds = ("plain", "floor", "cold", "warm")
+        samples: dict[str, list[tuple[float, int]]] = {kind: [] for kind in kinds}
+        hosts = site / "hostcfg/hosts.toml"
         with open_boot_lab(SERVER) as lab:
             logs = work / "logs"
             logs.mkdir()
@@ -105,19 +110,23 @@ def main() -> None:
                 disk = work / f"disk{round_}.img"
                 with open(disk, "wb") as f:
                     f.truncate(128 << 20)
-                for kind in ("plain", "cold", "warm"):
-                    rootfs("host", "set", name, f"cached={'false' if kind == 'plain' else 'true'}",
-                           "--no-build")  # fmt: skip
+                for kind in kinds:
+                    cached = kind in ("cold", "warm")
+                    rootfs("host", "set", name, f"cached={str(cached).lower()}", "--no-build")
+                    inventory = hosts.read_text()
+                    if kind == "floor":
+                        hosts.write_text(f'{inventory}\n[hosts.{name}.boot]\ninitrd = "{INITRD}"\n')
                     time.sleep(3)  # rootfs serve reloads the inventory
-                    attached = None if kind == "plain" else disk
+                    attached = disk if cached else None
                     # Until power-off: the marker syncs first, so the disk keeps what was cached.
                     boot = lab.boot(mac, timeout=TIMEOUT, log=logs / f"{kind}{round_}.log",
                                     on={MARKER: lambda: None}, disk=attached)  # fmt: skip
                     sent = nfs.take()
+                    hosts.write_text(inventory)
                     failed = None
                     if MARKER not in boot.seen:
                         failed = f"{kind} boot did not reach the marker"
-                    elif kind != "plain" and "root served through the cache" not in boot.console:
+                    elif cached and "root served through the cache" not in boot.console:
                         failed = f"the {kind} boot was not cached"
                     if failed:
                         sys.exit(f"bench: {failed}:\n{boot.console[-3000:]}")
@@ -139,6 +148,9 @@ def report(samples: dict[str, list[tuple[float, int]]]) -> str:
     bytes_ok = "ok" if warm_b <= 0.1 * plain_b else "missed"
     time_ok = "ok" if warm_s <= plain_s else "missed"
     rows.append(f"targets: warm bytes <= 10% of plain: {bytes_ok}; warm time <= plain: {time_ok}")
+    floor_s = med["floor"][0]
+    rows.append(f"floor: loading the runtime's initramfs alone costs {floor_s - plain_s:.1f} s;"
+                f" warm is {warm_s - floor_s:.1f} s above that floor")  # fmt: skip
     return "\n".join(rows)
 
 
