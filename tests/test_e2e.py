@@ -234,7 +234,9 @@ def _flip_cached_object(disk: Path, content: bytes) -> None:
     digest = xxhash.xxh3_128_hexdigest(content)
     path = f"/rootfs/objects/{digest[:2]}/{digest[2:]}"
     block = int(_debugfs(disk, f"bmap {path} 0").split()[-1])
-    block_size = int(re.search(r"Block size:\s+(\d+)", _debugfs(disk, "stats")).group(1))  # type: ignore[union-attr]
+    found = re.search(r"Block size:\s+(\d+)", _debugfs(disk, "stats"))
+    assert found is not None
+    block_size = int(found.group(1))
     with open(disk, "r+b") as f:
         f.seek(block * block_size)
         byte = f.read(1)
