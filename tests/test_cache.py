@@ -464,6 +464,27 @@ def test_a_new_manifest_changing_thousands_of_cached_files_leaves_none_stale(
     assert stale == []
 
 
+@pytest.mark.parametrize("host_state", [True, False])
+def test_what_a_client_writes_in_its_state_tree_is_seen_after_a_remount(
+    tree: Path, mount: Mount, host_state: bool
+) -> None:
+    """A new file is written through to SOURCE either way; a later mount shows it only where
+    the client keeps its state (--host-state), since elsewhere the manifest decides."""
+    options = ("--host-state", "/home") if host_state else ()
+    mount.start(*options)
+    (mount.mountpoint / "home/user/written").write_text("kept\n")
+    assert (tree / "home/user/written").read_text() == "kept\n"
+    mount.stop()
+    mount.start(*options)
+    listing = os.listdir(mount.mountpoint / "home/user")
+    if host_state:
+        assert (mount.mountpoint / "home/user/written").read_text() == "kept\n"
+        assert "written" in listing and "owned" in listing
+    else:
+        assert "written" not in listing
+    assert (mount.mountpoint / "small.txt").read_bytes() == b"hello\n"  # elsewhere: the cache
+
+
 def test_new_manifest_is_picked_up_within_the_interval(
     tree: Path, mount: Mount, site: Site, zoo_tree: Path
 ) -> None:

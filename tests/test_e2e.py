@@ -265,7 +265,7 @@ def test_a_cached_client_boots_from_its_disk_and_survives_the_server(
         f.truncate(128 << 20)  # empty: the client formats it
     print(f"setup: {time.monotonic() - t0:.0f}s")
 
-    def boot(tag: str, **kw: Any) -> tuple[Boot, int]:
+    def boot(tag: str, boots: int, **kw: Any) -> tuple[Boot, int]:
         b = lab.boot(mac, timeout=CACHE_BOOT_TIMEOUT, log=logs / f"console-{tag}.log",
                      disk=disk, **kw)  # fmt: skip
         sent = nfs.take()
@@ -273,13 +273,15 @@ def test_a_cached_client_boots_from_its_disk_and_survives_the_server(
         lines = _assert_booted(b, PC3, logs)
         assert "rootfs-initramfs: root served through the cache" in b.console, b.console[-3000:]
         assert f"rootfs-marker: release={release.decode().strip()}" in lines
+        # The boot counter lives in /var, the client's state: read from NFS, so it counts on.
+        assert f"rootfs-marker: boots={boots}" in lines, lines
         return b, sent
 
-    cold, cold_bytes = boot("cold")
+    cold, cold_bytes = boot("cold", 1)
     assert "formatting the empty device /dev/vda" in cold.console
     # Between boots a bit of one cached object flips on the disk: it must never be served.
     _flip_cached_object(disk, release)
-    warm, warm_bytes = boot("warm")
+    warm, warm_bytes = boot("warm", 2)
     assert warm_bytes < cold_bytes * 0.10, (warm_bytes, cold_bytes)
     digest = xxhash.xxh3_128_hexdigest(release)
     assert f"cached object {digest} does not match its name; removed" in warm.console
@@ -294,7 +296,7 @@ def test_a_cached_client_boots_from_its_disk_and_survives_the_server(
         pid = int((tmp_path / "state/ganesha/ganesha.pid").read_text())
         os.kill(pid, signal.SIGKILL)
 
-    offline, _ = boot("offline", on={"waiting for the server to go away": stop_nfs})
+    offline, _ = boot("offline", 3, on={"waiting for the server to go away": stop_nfs})
     assert "rootfs-marker: offline: cached files work" in offline.console, offline.console[-3000:]
     assert "rootfs-marker: offline: uncached read failed" in offline.console
     print(f"total: {time.monotonic() - t0:.0f}s")

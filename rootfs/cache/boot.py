@@ -15,6 +15,9 @@ option 17 at ``/nfs`` and then starts, from the Python runtime it carries::
    cache at ``/root`` (`rootfs.cache.mount`), with ``--prefetch``: what the previous boot read is
    fetched in the background. The quota defaults to 70% of the cache filesystem (CernVM-FS's
    advice for its cache partition: room for the filesystem's own overhead and for fragmentation).
+   ``/var`` (or ``rootfs.cache_state=`` on the kernel command line, comma-separated) is where the
+   client keeps what it writes: it is read from NFS, not from the manifest, so a file the client
+   wrote there is seen again after a reboot.
 3. /init waits for ``/root`` to be a FUSE mount and ``switch_root``s into it. This process stays:
    it was started with ``argv[0]`` ``@rootfs-cache``, which systemd's shutdown spares (a root
    storage daemon, see systemd's "Storage daemons" documentation), and its runtime lives on a tmpfs
@@ -46,6 +49,9 @@ UNUSABLE = 3
 HEAD = 1 << 20  # bytes read from a device to decide what it holds
 QUOTA_SHARE = 0.7
 CACHE_MOUNT = Path("/cache")
+# Where a client keeps what it writes (logs, spools, package state, its boot counter...): read
+# from NFS, not from the manifest, so it is there again after a reboot.
+HOST_STATE = ("/var",)
 _EXT_MAGIC = b"\x53\xef"  # s_magic, little-endian 0xEF53, at 1024 + 56
 _EXT_LABEL = slice(1024 + 120, 1024 + 136)  # s_volume_name
 
@@ -234,6 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=f"LABEL={LABEL}", help="cache device")
     parser.add_argument("--quota", type=int, default=None, help="bytes (default: 70%% of it)")
     parser.add_argument("--cache-mount", type=Path, default=CACHE_MOUNT, help="where it is mounted")
+    parser.add_argument(
+        "--host-state",
+        default=",".join(HOST_STATE),
+        help="comma-separated subtrees the client writes its state in, read from NFS",
+    )
     args = parser.parse_args(argv)
     _configure_logging()
     from rootfs.cache.mount import MountConfig, mount  # after logging: pyfuse3 warns on import
@@ -250,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         cache_dir=cache_dir,
         quota=quota,
         prefetch=True,
+        host_state=tuple(p for p in args.host_state.split(",") if p.startswith("/") and p != "/"),
     )
     cache_dir.mkdir(exist_ok=True)
     log.warning("serving %s through the cache (quota %d MiB)", args.source, quota >> 20)

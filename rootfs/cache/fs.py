@@ -132,6 +132,9 @@ class Options:
     refresh_interval: float = 60.0
     boot_window: float = 120.0
     readahead: int = 4  # background fetches of a directory's files after its first miss
+    # Subtrees the client writes its own state in (e.g. /var): always served from SOURCE, so
+    # what a host writes there is seen again after it remounts, not hidden by the manifest.
+    host_state: tuple[str, ...] = ()
 
 
 @dataclass
@@ -162,6 +165,7 @@ class CacheFS(pyfuse3.Operations):
         self.nodes: dict[int, Node] = {ROOT_INO: Node(ROOT_INO, "/", root, lookups=1)}
         self.live: set[str] = set()
         self.live_trees: set[str] = set()
+        self.state_trees = frozenset(options.host_state)
         self._live_ino: dict[str, int] = {}
         self._handles: dict[int, Handle] = {}
         self._listings: dict[int, Listing] = {}
@@ -236,10 +240,10 @@ class CacheFS(pyfuse3.Operations):
         """Whether SOURCE, not the manifest, says what *path* is."""
         if path in self.live:
             return True
-        if self.live_trees:
+        if self.live_trees or self.state_trees:
             probe = path
             while probe != "/":
-                if probe in self.live_trees:
+                if probe in self.live_trees or probe in self.state_trees:
                     return True
                 probe = parent_of(probe)
         return False

@@ -63,6 +63,7 @@ class MountConfig:
     readahead: int = 4
     boot_window: float = 120.0
     allow_other: bool = True
+    host_state: tuple[str, ...] = ()  # subtrees always read from SOURCE (Options.host_state)
 
 
 def mount(config: MountConfig) -> None:
@@ -120,6 +121,7 @@ async def _serve(config: MountConfig, cache: ObjectCache) -> None:
         refresh_interval=config.refresh_interval,
         boot_window=config.boot_window,
         readahead=config.readahead,
+        host_state=config.host_state,
     )
     fs = CacheFS(tree, digest, cache, source, options)
     boot_set = _read_boot_set(config.cache_dir) if config.prefetch else []

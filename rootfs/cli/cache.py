@@ -91,6 +91,14 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
     help="Parallel background fetches of a directory's other files after its first miss "
     "(0: fetch only what is opened).",
 )
+@click.option(
+    "--host-state",
+    "host_state",
+    multiple=True,
+    metavar="PATH",
+    help="A subtree the client writes its own state in (e.g. /var): always read from SOURCE,"
+    " so what was written there is seen after a remount. Repeatable.",
+)
 @click.option("--debug", is_flag=True, help="Log every fetch and invalidation.")
 def mount(
     source: Path,
@@ -103,6 +111,7 @@ def mount(
     prefetch: bool,
     boot_window: float,
     readahead: int,
+    host_state: tuple[str, ...],
     debug: bool,
 ) -> None:
     """Mount SOURCE (a host tree with .rootfs/manifest) at MOUNTPOINT; runs until unmounted.
@@ -130,6 +139,7 @@ def mount(
             prefetch=prefetch,
             boot_window=boot_window,
             readahead=readahead,
+            host_state=_state_paths(host_state),
             allow_other=os.geteuid() == 0,
         )
     )
@@ -150,6 +160,13 @@ def refresh(mountpoint: Path) -> None:
             ) from None
         raise UserError(f"{mountpoint}: {exc.strerror}") from None
     click.echo(answer.decode())
+
+
+def _state_paths(paths: tuple[str, ...]) -> tuple[str, ...]:
+    for path in paths:
+        if not path.startswith("/") or path == "/" or "//" in path or path.endswith("/"):
+            raise UserError(f"--host-state {path!r}: give an absolute path below /, like /var")
+    return paths
 
 
 @cache.command()

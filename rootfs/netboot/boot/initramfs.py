@@ -262,11 +262,12 @@ udhcpc -i "$iface" -f -q -n -t 10 -T 2 -O rootpath -O hostname -s /etc/udhcpc.sc
 . /run/lease
 [ -n "$rootpath" ] || fail "the DHCP server sent no root path (option 17)"
 
-cache= ; quota=
+cache= ; quota= ; state=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         rootfs.cache=*) cache=${arg#rootfs.cache=} ;;
         rootfs.cache_quota=*) quota=${arg#rootfs.cache_quota=} ;;
+        rootfs.cache_state=*) state=${arg#rootfs.cache_state=} ;;
     esac
 done
 root=/root
@@ -305,7 +306,7 @@ if [ -n "$cache" ]; then
     PYTHONHOME=$rt/usr PYTHONPATH=$rt/usr/lib/python3/dist-packages PYTHONDONTWRITEBYTECODE=1 \
         $rt/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 --argv0 @rootfs-cache $rt/usr/bin/python3.11 \
         -m rootfs.cache.boot --source /nfs --mountpoint /root --device "$cache" \
-        ${quota:+--quota "$quota"} </dev/null >/dev/console 2>&1 &
+        ${quota:+--quota "$quota"} ${state:+--host-state "$state"} </dev/null >/dev/console 2>&1 &
     daemon=$!
     n=0
     until grep -q " /root fuse" /proc/mounts; do
