@@ -215,6 +215,8 @@ def _become_storage_daemon(argv: list[str]) -> None:
     with open("/proc/self/cmdline", "rb") as f:
         if f.read().startswith(b"@"):
             return
+    # The runtime's layout (rootfs.netboot.boot.runtime: LOADER, PYTHON), which this layer may
+    # not import: PYTHONHOME is <runtime>/usr.
     runtime = Path(sys.prefix).parent
     loader = runtime / "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
     python = runtime / "usr/bin/python3.11"

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from rootfs.durable import atomic_write_bytes
 from rootfs.errors import UserError
-from rootfs.netboot.boot.runtime import build_runtime
+from rootfs.netboot.boot.runtime import build_runtime, fetch_debs
 
 FORMAT = "1"  # bump when the layout of the initramfs changes: it is part of every cache key
 DEFAULT_PACKAGE = "linux-image-amd64"
@@ -103,22 +103,7 @@ def fetch_deb(package: str, cache: Path) -> Path:
     A .deb already cached for that exact package name is reused: kernel package names carry the
     ABI version, so the same name means the same kernel, and reruns work offline.
     """
-    real = resolve_package(package)
-    debs = cache / "debs"
-    debs.mkdir(parents=True, exist_ok=True)
-    found = sorted(debs.glob(f"{real}_*.deb"))
-    if found:
-        return found[-1]
-    # apt drops privileges to _apt for the download; the cache may not be writable for it.
-    with tempfile.TemporaryDirectory(dir=debs, prefix=".download-") as tmp:
-        os.chmod(tmp, 0o755)
-        _run(["apt-get", "download", "-q", real], what=f"apt-get download {real}", cwd=Path(tmp))
-        got = sorted(Path(tmp).glob(f"{real}_*.deb"))
-        if not got:
-            raise UserError(f"apt-get download {real} produced no .deb in {tmp}")
-        target = debs / got[-1].name
-        os.replace(got[-1], target)
-    return target
+    return fetch_debs([resolve_package(package)], cache)[0]
 
 
 def unpack_kernel(deb: Path, cache: Path, modules: Sequence[str] = DEFAULT_MODULES) -> Kernel:

@@ -79,7 +79,10 @@ PRUNE = (
 
 
 def fetch_debs(names: Iterable[str], cache: Path) -> list[Path]:
-    """The .deb of each package in `cache/debs`, downloading those not there in one apt call."""
+    """The .deb of each package in `cache/debs`, downloading those not there in one apt call.
+
+    A .deb already cached under a package's name is reused (kernel package names carry the ABI
+    version, so the same name means the same kernel), so reruns work offline."""
     debs = cache / "debs"
     debs.mkdir(parents=True, exist_ok=True)
     wanted = list(names)
