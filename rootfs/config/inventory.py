@@ -259,11 +259,37 @@ def _set_key(table: Table | InlineTable, key: str, value: object) -> None:
     if key in table or isinstance(table, InlineTable):
         table[key] = value
         return
-    keys = [k for k, v in table.value.body if k is not None and not isinstance(v, Table | AoT)]
-    if not keys:
+    container = table.value
+    body = container.body
+    ends = [i for i, (k, v) in enumerate(body) if k is not None and not isinstance(v, Table | AoT)]
+    if not ends:
         table[key] = value
         return
-    table.value._insert_after(keys[-1], key, value)
+    # Only tomlkit's public Container API: lift off what follows the last key, add the key,
+    # put the rest back in its order (tomlkit has no public "insert after").
+    # append() may open a blank line above a table it adds back; each item's own indent is kept.
+    moved = [(k, v, _indents(v)) for k, v in body[ends[-1] + 1 :]]
+    for k, _, _ in reversed(moved):
+        if k is None:
+            body.pop()
+        else:
+            container.remove(k)
+    container.append(key, value)
+    for k, v, indents in moved:
+        container.append(k, v)
+        for item, indent in zip(_headers(v), indents, strict=True):
+            item.trivia.indent = indent
+
+
+def _headers(item: Item) -> list[Item]:
+    """The items whose indent renders above a table header: the table, or each table of an AoT."""
+    if isinstance(item, AoT):
+        return list(item.body)
+    return [item] if isinstance(item, Table) else []
+
+
+def _indents(item: Item) -> list[str]:
+    return [header.trivia.indent for header in _headers(item)]
 
 
 def _tail(item: Item) -> Container | None:
