@@ -22,6 +22,12 @@ DEB_PACKAGES += nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils
 DEB_PACKAGES += qemu-system-x86 ipxe-qemu
 # cached clients: the e2e disk image (debugfs) and counting NFS bytes per client (nft)
 DEB_PACKAGES += e2fsprogs nftables
+# UEFI clients (OVMF firmware, Debian's signed network GRUB) and HTTP peers/clients for tests
+DEB_PACKAGES += ovmf grub-efi-amd64-signed wget
+# peers only the benchmarks run (bench-http, bench-storm)
+BENCH_PACKAGES := nginx-light
+# Each benchmark runs its peer in the same run and prints ratios; `make bench` runs them all.
+BENCHES := build update dhcp tftp cache cachedboot
 
 # Reinstall the venv whenever pyproject.toml's content (not just its mtime) changes.
 PYPROJECT_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)
@@ -30,7 +36,7 @@ STAMP := $(VENV)/.installed-$(PYPROJECT_HASH)
 # The demo runs against the repo's own default site, with all state kept under ./demo/.
 DEMO_DIR ?= $(CURDIR)/demo
 
-.PHONY: help install system-packages venv lint test demo bench clean $(addprefix bench-,build update dhcp tftp cache cachedboot)
+.PHONY: help install system-packages bench-packages venv lint test demo bench clean $(addprefix bench-,$(BENCHES))
 
 help:
 	@echo "make test    install everything, then ruff, mypy and pytest (what CI runs)"
@@ -46,6 +52,9 @@ install: system-packages venv
 
 system-packages:
 	@bash scripts/setup-system $(DEB_PACKAGES)
+
+bench-packages: system-packages
+	@bash scripts/setup-system $(BENCH_PACKAGES)
 
 venv: $(STAMP)
 
@@ -84,11 +93,9 @@ demo: install
 	DEMO_DIR=$(DEMO_DIR) \
 	$(BIN)/python scripts/demo-boot
 
-# Each benchmark runs its peer in the same run and prints ratios; `make bench` runs them all.
-BENCHES := build update dhcp tftp cache cachedboot
 bench: $(addprefix bench-,$(BENCHES))
 
-$(addprefix bench-,$(BENCHES)): bench-%: install
+$(addprefix bench-,$(BENCHES)): bench-%: install bench-packages
 	$(BIN)/python -m bench.$* $(BENCH_ARGS)
 
 clean:
