@@ -286,9 +286,10 @@ def test_a_cached_client_boots_from_its_disk_and_survives_the_server(
     digest = xxhash.xxh3_128_hexdigest(release)
     assert f"cached object {digest} does not match its name; removed" in warm.console
 
-    # With the client up, the NFS server goes away: what it cached keeps working, the rest fails.
+    # With the client up, the base is updated: the client picks up the new manifest without a
+    # reboot. Then the NFS server goes away: what it cached keeps working, the rest fails.
     hosts = site.root / "hostcfg/hosts.toml"
-    append = "console=ttyS0 quiet panic=5 init=/usr/sbin/rootfs-marker rootfs.marker=offline-check"
+    append = "console=ttyS0 quiet panic=5 init=/usr/sbin/rootfs-marker rootfs.marker=live-check"
     hosts.write_text(hosts.read_text() + f'\n[hosts.{name}.boot]\nappend = "{append}"\n')
     time.sleep(3)  # rootfs serve notices the inventory change
 
@@ -296,7 +297,16 @@ def test_a_cached_client_boots_from_its_disk_and_survives_the_server(
         pid = int((tmp_path / "state/ganesha/ganesha.pid").read_text())
         os.kill(pid, signal.SIGKILL)
 
-    offline, _ = boot("offline", 3, on={"waiting for the server to go away": stop_nfs})
+    update = _make_base(tmp_path / "base2", "cached generation two")
+
+    def update_base() -> None:
+        site.rootfs("base", "update", "e2e", str(update))
+
+    offline, _ = boot("live", 3, on={"waiting for a base update": update_base,
+                                     "waiting for the server to go away": stop_nfs})  # fmt: skip
+    assert "rootfs-marker: live update: release=cached generation two" in offline.console, (
+        offline.console[-3000:]
+    )
     assert "rootfs-marker: offline: cached files work" in offline.console, offline.console[-3000:]
     assert "rootfs-marker: offline: uncached read failed" in offline.console
     print(f"total: {time.monotonic() - t0:.0f}s")
