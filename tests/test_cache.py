@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import os
 import random
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from rootfs.cache.objects import charge
+from rootfs.store.layout import CACHE_REPORT
 
 HOST_IP = "10.9.0.11"
 FIND_FORMAT = r"%P\t%y\t%m\t%U\t%G\t%T@\t%l\t%n\t%s\n"
@@ -483,6 +485,29 @@ def test_what_a_client_writes_in_its_state_tree_is_seen_after_a_remount(
     else:
         assert "written" not in listing
     assert (mount.mountpoint / "small.txt").read_bytes() == b"hello\n"  # elsewhere: the cache
+
+
+def test_a_reporting_mount_shows_its_cache_in_rootfs_status(
+    tree: Path, mount: Mount, site: Site
+) -> None:
+    """With --report (what a cached client's boot uses), the mount writes its cache's state into
+    SOURCE, where the server's `rootfs status` reads it; a client-written mess is named, not
+    trusted."""
+    site.rootfs("host", "set", "pc1", "cached=true")
+    assert "no report yet" in site.rootfs("status", "--no-drift").stdout
+    mount.start("--report")
+    assert (mount.mountpoint / "small.txt").read_bytes() == b"hello\n"
+    report = tree / CACHE_REPORT
+    wait_for(report.exists, what="the cache report", timeout=30)
+    data = json.loads(report.read_text())
+    assert data["objects"] >= 1 and data["counters"]["misses"] >= 1
+    assert re.fullmatch(r"[0-9a-f]{32}", data["manifest"]), data
+    status = site.rootfs("status", "--no-drift").stdout
+    line = next(x for x in status.splitlines() if x.strip().startswith("pc1 ") and "objects" in x)
+    assert f"{data['objects']} objects" in line and "of reads from its disk" in line, status
+    assert "reported" in line and "s ago" in line
+    report.write_text('{"reported": "yesterday"}')
+    assert "unreadable report" in site.rootfs("status", "--no-drift").stdout
 
 
 def test_new_manifest_is_picked_up_within_the_interval(

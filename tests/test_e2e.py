@@ -309,4 +309,7 @@ def test_a_cached_client_boots_from_its_disk_and_survives_the_server(
     )
     assert "rootfs-marker: offline: cached files work" in offline.console, offline.console[-3000:]
     assert "rootfs-marker: offline: uncached read failed" in offline.console
+    # While it ran, the client's cache daemon reported its cache into its tree for `status`.
+    status = site.rootfs("status", "--no-drift")
+    assert re.search(rf"^  {name} +\d+ objects, .* of reads from its disk", status, re.M), status
     print(f"total: {time.monotonic() - t0:.0f}s")

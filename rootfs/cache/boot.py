@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rootfs.errors import RootfsError
+from rootfs.store.layout import CACHE_REPORT
 
 LABEL = "rootfs-cache"
 UNUSABLE = 3
@@ -264,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         quota=quota,
         prefetch=True,
         host_state=tuple(p for p in args.host_state.split(",") if p.startswith("/") and p != "/"),
+        report=args.source / CACHE_REPORT,
     )
     cache_dir.mkdir(exist_ok=True)
     log.warning("serving %s through the cache (quota %d MiB)", args.source, quota >> 20)

@@ -7,6 +7,8 @@ Background tasks, each in the same nursery as ``pyfuse3.main``:
   source is offline, which is also how the mount notices it is back);
 - flusher: writes counters (and, during the boot window, the boot set) every few seconds,
   so `rootfs cache stats` and ``--prefetch`` work even after a kill -9;
+- reporter (with ``report``): copies them into SOURCE every ``REPORT_INTERVAL`` while it is
+  reachable, so the server sees a cached client's cache in `rootfs status`;
 - signals: SIGTERM/SIGINT unmount cleanly, SIGHUP refreshes at once;
 - read-ahead: fetches a directory's other files in parallel after its first miss;
 - prefetch (with ``--prefetch``): fetches the previous mount's boot set in parallel.
@@ -18,6 +20,7 @@ the kernel drops the lock when a killed mount's process dies.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import signal
@@ -40,6 +43,7 @@ from rootfs.tree.manifest import Manifest, manifest_digest, parse
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 5.0
+REPORT_INTERVAL = 30.0  # seconds between reports to the server: status, not monitoring
 PROBE_INTERVAL = 1.0
 READAHEAD_KB = 1024
 # Handlers waiting on fetches hold a task each; more than this many idle tasks only add
@@ -64,6 +68,7 @@ class MountConfig:
     boot_window: float = 120.0
     allow_other: bool = True
     host_state: tuple[str, ...] = ()  # subtrees always read from SOURCE (Options.host_state)
+    report: Path | None = None  # where in SOURCE to report the cache's state (cached clients)
 
 
 def mount(config: MountConfig) -> None:
@@ -148,6 +153,8 @@ async def _serve(config: MountConfig, cache: ObjectCache) -> None:
             nursery.start_soon(fs.fetcher.run_readahead)
             nursery.start_soon(_refresher, fs, config)
             nursery.start_soon(_flusher, fs, config)
+            if config.report is not None:
+                nursery.start_soon(_reporter, fs, config.report)
             nursery.start_soon(_signals, fs, waiter)
             nursery.start_soon(_raise_readahead, config.mountpoint)
             if boot_set:
@@ -214,6 +221,28 @@ async def _flusher(fs: CacheFS, config: MountConfig) -> None:
                 boot_saved = _boot_window_over(fs)
         except OSError as exc:  # a full cache disk must not take the mount down
             log.warning("could not save statistics: %s", exc)
+
+
+async def _reporter(fs: CacheFS, report: Path) -> None:
+    """Write the cache's state to *report* (in SOURCE) soon after the mount, then every
+    REPORT_INTERVAL, skipping while SOURCE is offline. One write at a time, under the source's
+    timeout like every other source call, so a hung NFS write never holds up the mount."""
+    delay = FLUSH_INTERVAL
+    while True:
+        await trio.sleep(delay)
+        delay = REPORT_INTERVAL
+        if not fs.source.online:
+            continue
+        data = {"reported": time.time(), "manifest": fs.manifest_digest, **fs.cache.stats()}
+        try:
+            await fs.source.call(_write_report, report, data)  # trio 0.22-safe, under its timeout
+        except (OSError, SourceUnavailable) as exc:
+            log.debug("cache report not written to %s: %s", report, exc)
+
+
+def _write_report(report: Path, data: dict[str, object]) -> None:
+    report.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(report, json.dumps(data, indent=1).encode(), mode=0o644)
 
 
 def _boot_window_over(fs: CacheFS) -> bool:

@@ -208,16 +208,19 @@ class ObjectCache:
         for _, digest, charged in sorted(found):
             self._add(digest, charged)
 
-    def save_stats(self) -> None:
-        """Flush counters and sizes to ``stats.json`` for `rootfs cache stats`."""
-        data = {
+    def stats(self) -> dict[str, object]:
+        """Sizes and counters as they are now: what ``stats.json`` and a client's report hold."""
+        return {
             "objects": len(self._lru),
             "bytes": self.used,
             "quota": self.quota,
             "pinned": sum(self._lru.get(d, 0) for d in self._pins),
             "counters": asdict(self.counters),
         }
-        atomic_write_bytes(self.root / "stats.json", json.dumps(data, indent=1).encode())
+
+    def save_stats(self) -> None:
+        """Flush counters and sizes to ``stats.json`` for `rootfs cache stats`."""
+        atomic_write_bytes(self.root / "stats.json", json.dumps(self.stats(), indent=1).encode())
 
     # ------------------------------------------------------------ lookups
 

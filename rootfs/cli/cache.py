@@ -13,6 +13,7 @@ import click
 
 from rootfs.engine.progress import human_bytes
 from rootfs.errors import UserError
+from rootfs.store.layout import CACHE_REPORT
 
 REFRESH_XATTR = "user.rootfs.refresh"  # answered by the mount's root (rootfs.cache.fs)
 
@@ -99,6 +100,12 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
     help="A subtree the client writes its own state in (e.g. /var): always read from SOURCE,"
     " so what was written there is seen after a remount. Repeatable.",
 )
+@click.option(
+    "--report",
+    is_flag=True,
+    help=f"Write the cache's state into SOURCE ({CACHE_REPORT}) every 30 s, for"
+    " 'rootfs status' on the server. Cached clients do this at boot.",
+)
 @click.option("--debug", is_flag=True, help="Log every fetch and invalidation.")
 def mount(
     source: Path,
@@ -112,6 +119,7 @@ def mount(
     boot_window: float,
     readahead: int,
     host_state: tuple[str, ...],
+    report: bool,
     debug: bool,
 ) -> None:
     """Mount SOURCE (a host tree with .rootfs/manifest) at MOUNTPOINT; runs until unmounted.
@@ -141,6 +149,7 @@ def mount(
             readahead=readahead,
             host_state=_state_paths(host_state),
             allow_other=os.geteuid() == 0,
+            report=source.resolve() / CACHE_REPORT if report else None,
         )
     )
 

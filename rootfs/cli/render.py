@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from rootfs.cache.stats import ClientReport
 from rootfs.engine.build import HostResult
 from rootfs.engine.progress import human_bytes
 from rootfs.tree.plan import Action
@@ -52,3 +53,25 @@ def cache_quota_text(quota: int | None) -> str:
     if quota is None:
         return "the client's default (70% of the cache filesystem)"
     return f"{human_bytes(quota)} ({quota} bytes)"
+
+
+def cache_report_text(report: ClientReport, now: float) -> str:
+    """One line on what a cached client last said about its cache."""
+    ratio = report.hit_ratio
+    reads = "no reads yet" if ratio is None else f"{ratio:.1%} of reads from its disk"
+    quota = f" of {human_bytes(report.quota)}" if report.quota is not None else ""
+    return (
+        f"{report.objects} objects, {human_bytes(report.bytes)}{quota}, {reads},"
+        f" {human_bytes(report.fetched_bytes)} fetched; {_ago(now - report.reported)},"
+        f" manifest {report.manifest[:12]}"
+    )
+
+
+def _ago(seconds: float) -> str:
+    if seconds < -60:
+        return "reported in the future (the client's clock is ahead)"
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"reported {seconds / size:.0f} {unit} ago"
+    return f"reported {seconds:.0f} s ago"

@@ -7,9 +7,12 @@ from pathlib import Path
 
 import click
 
+from rootfs.cache.stats import read_client_report
 from rootfs.cli.context import Context
+from rootfs.cli.render import cache_report_text
 from rootfs.config import inventory
 from rootfs.engine import disk
+from rootfs.store.layout import CACHE_REPORT
 from rootfs.tree.manifest import diff
 
 
@@ -19,7 +22,8 @@ from rootfs.tree.manifest import diff
 def status(ctx: Context, no_drift: bool) -> None:
     """One row per host: base and generation applied, overlays, mode, whether it boots cached
     (CACHE: "yes" when its root is served through a cache on its own disk, see 'rootfs boot
-    show HOST'), last build, drift."""
+    show HOST'), last build, drift. Below the table, each cached host's cache as the client
+    last reported it: objects, bytes, share of reads served from its disk."""
     site = ctx.site
     state = ctx.state
     click.echo(
@@ -58,6 +62,28 @@ def status(ctx: Context, no_drift: bool) -> None:
             f"{h.name:<12} {h.ip!s:<15} {gen:<14} {','.join(record.overlays):<16}"
             f" {record.mode:<8} {cache:<5} {when:<16} {drift}"
         )
+    _cache_reports(ctx)
+
+
+def _cache_reports(ctx: Context) -> None:
+    """What each cached host's cache daemon last wrote into its tree (every 30 s while up)."""
+    cached = [h for h in ctx.site.hosts if h.cached]
+    if not cached:
+        return
+    click.echo("\ncached hosts, as their cache daemons last reported:")
+    now = time.time()
+    for h in cached:
+        try:
+            report = read_client_report(ctx.site.host_root(h) / CACHE_REPORT)
+        except ValueError as exc:
+            text = f"unreadable report: {exc}"
+        else:
+            text = (
+                "no report yet (a client writes one a few seconds after it boots cached)"
+                if report is None
+                else cache_report_text(report, now)
+            )
+        click.echo(f"  {h.name:<12} {text}")
 
 
 @click.command()

@@ -21,6 +21,9 @@ from pathlib import Path
 
 SCRATCH = ".rootfs"  # a tree's private directory
 PUBLISHED_MANIFEST = f"{SCRATCH}/manifest"  # relative to the tree root: what client caches read
+# Relative to the tree root: a cached client's cache daemon writes its cache's state here (its own
+# host-state, in /var), so `rootfs status` on the server can show it. No build owns the file.
+CACHE_REPORT = "var/lib/rootfs-cache/report.json"
 ATTIC = ".attic"
 
 
