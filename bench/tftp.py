@@ -130,7 +130,7 @@ def servers(workdir: Path, address: str, netns: str | None) -> Iterator[None]:
            "ROOTFS_EXPORT_ROOT": str(workdir / "export")}  # fmt: skip
     boot = workdir / "export" / "boot"
     ours = subprocess.Popen(
-        [*prefix, sys.executable, "-m", "rootfs", "serve", "--no-dhcp",
+        [*prefix, sys.executable, "-m", "rootfs", "serve", "--no-dhcp", "--no-http",
          "--tftp-address", address, "--tftp-port", str(PORT_OURS)],
         env=env, stderr=subprocess.DEVNULL,
     )  # fmt: skip

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import errno
 import json
-import re
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess

@@ -60,6 +60,7 @@ PC2_MAC, PC2_IP = "52:54:00:e8:00:12", IPv4Address("192.168.232.12")
 STRANGER = "52:54:00:e8:00:99"
 NOW = 1_700_000_000.0
 ROOT = b"192.168.232.1:/tftpboot/192.168.232.11,vers=3,tcp"
+IPXE_URL = b"http://192.168.232.1/boot.ipxe"
 
 
 def site(tmp_path: Path, *, dhcp: str = "", extra: dict[str, str] | None = None) -> Site:
@@ -287,8 +288,9 @@ def test_per_host_options_and_boot_file(tmp_path: Path) -> None:
         (((OPT_CLIENT_ARCH, b"\0\x09"),), b"grubnetx64.efi"),  # 9 is x64 too in practice
         (((OPT_CLIENT_ARCH, b"\0\x0a"),), b"grubnetarm.efi"),
         (((OPT_CLIENT_ARCH, b"\0\x0b"),), b"grubnetaa64.efi"),
-        (((OPT_CLIENT_ARCH, b"\0\x07"), (OPT_USER_CLASS, b"iPXE")), b"boot.ipxe"),
-        (((OPT_CLIENT_ARCH, b"\0\0"), (OPT_USER_CLASS, b"\x04iPXE")), b"boot.ipxe"),
+        # iPXE speaks HTTP: its script comes from the HTTP front end (on by default, port 80).
+        (((OPT_CLIENT_ARCH, b"\0\x07"), (OPT_USER_CLASS, b"iPXE")), IPXE_URL),
+        (((OPT_CLIENT_ARCH, b"\0\0"), (OPT_USER_CLASS, b"\x04iPXE")), IPXE_URL),
     ],
 )
 def test_boot_file_by_architecture_and_ipxe(
@@ -310,6 +312,67 @@ def test_pxe_client_gets_vendor_options(responder: Responder) -> None:
 
 def test_boot_files_defaults_documented() -> None:
     assert BootFiles().efi64 == "grubnetx64.efi"
+
+
+HTTP_BOOT = (OPT_VENDOR_CLASS, b"HTTPClient:Arch:00016:UNDI:003001"), (OPT_CLIENT_ARCH, b"\0\x10")
+
+
+def test_uefi_http_boot_client_gets_httpclient_and_a_url(responder: Responder) -> None:
+    """UEFI 2.9 §24.7.2: "HTTPClient" in option 60 of the offer, the boot file as a URI."""
+    out = handle(responder, request(PC1_MAC, DHCPDISCOVER, *HTTP_BOOT))
+    assert out.reply is not None
+    assert out.reply.get(OPT_VENDOR_CLASS) == b"HTTPClient"
+    assert out.reply.get(OPT_VENDOR) is None  # PXE's discovery control is not for it
+    url = f"http://{SERVER}/grubnetx64.efi".encode()
+    assert (out.reply.file, out.reply.get(OPT_BOOTFILE)) == (url, url)
+    assert out.reply.get(OPT_ROOT_PATH) == ROOT
+
+
+def test_http_port_and_tftp_urls(tmp_path: Path) -> None:
+    extra = {"pc2": '[hosts.pc2.dhcp]\nboot_file = "tftp://{server}/{name}.ipxe"'}
+    r = Responder(site(tmp_path, dhcp="[http]\nport = 8080", extra=extra), LeaseTable())
+    ipxe = handle(r, request(PC1_MAC, DHCPDISCOVER, (OPT_USER_CLASS, b"iPXE")))
+    assert ipxe.reply is not None and ipxe.reply.file == f"http://{SERVER}:8080/boot.ipxe".encode()
+    http = handle(r, request(PC1_MAC, DHCPDISCOVER, *HTTP_BOOT))
+    assert http.reply is not None
+    assert http.reply.file == f"http://{SERVER}:8080/grubnetx64.efi".encode()
+    # A name that is already a URL is left alone, for iPXE and for HTTP Boot firmware alike.
+    for options in ((OPT_USER_CLASS, b"iPXE"),), HTTP_BOOT:
+        out = handle(r, request(PC2_MAC, DHCPDISCOVER, *options))
+        assert out.reply is not None and out.reply.file == f"tftp://{SERVER}/pc2.ipxe".encode()
+    # PXE firmware (TFTP only) still gets plain names.
+    pxe = handle(r, request(PC1_MAC, DHCPDISCOVER, (OPT_CLIENT_ARCH, b"\0\x07")))
+    assert pxe.reply is not None and pxe.reply.file == b"grubnetx64.efi"
+
+
+def test_http_off_keeps_ipxe_on_tftp_and_gives_http_boot_nothing(tmp_path: Path) -> None:
+    r = Responder(site(tmp_path, dhcp="[http]\nenabled = false"), LeaseTable())
+    ipxe = handle(r, request(PC1_MAC, DHCPDISCOVER, (OPT_USER_CLASS, b"iPXE")))
+    assert ipxe.reply is not None and ipxe.reply.file == b"boot.ipxe"
+    http = handle(r, request(PC1_MAC, DHCPDISCOVER, *HTTP_BOOT))
+    assert http.reply is not None and http.reply.yiaddr == PC1_IP  # an address, nothing to boot
+    assert http.reply.file == b"" and http.reply.get(OPT_BOOTFILE) is None
+    assert http.reply.get(OPT_VENDOR_CLASS) is None
+
+
+def test_a_url_longer_than_the_file_field_goes_in_option_67_only(tmp_path: Path) -> None:
+    name = "a" * 120 + ".efi"
+    r = Responder(site(tmp_path, dhcp=f'[dhcp.boot_files]\nefi64 = "{name}"'), LeaseTable())
+    out = handle(r, request(PC1_MAC, DHCPDISCOVER, *HTTP_BOOT))
+    assert out.reply is not None and out.reply.file == b""
+    assert out.reply.get(OPT_BOOTFILE) == f"http://{SERVER}/{name}".encode()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('"{host}.efi"', r"names \{host\}; the fields are \{name\}, \{ip\}, \{mac\}, \{server\}"),
+        ('"{name.efi"', r"write a literal brace"),
+    ],
+)
+def test_boot_file_fields_are_checked(tmp_path: Path, value: str, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        site(tmp_path, dhcp=f"[dhcp.boot_files]\nbios = {value}")
 
 
 # -- BOOTP, strangers, pools --------------------------------------------------------------

@@ -233,7 +233,7 @@ def test_init_site_documents_every_key_with_its_default(tmp_path: Path) -> None:
     assert site.config.__class__(**(vars(site.config) | {"subnets": ()})) == defaults
     assert [h.name for h in site.hosts] == ["pc1"]
     keys = set(tomllib.loads(uncomment(SITE_TEMPLATE)))
-    assert keys == {"server", "paths", "defaults", "subnet"}
+    assert keys == {"server", "paths", "defaults", "subnet", "http"}
 
 
 @pytest.mark.parametrize("existing", ["site.toml", "hostcfg/hosts.toml"])
@@ -531,7 +531,11 @@ def test_cli_host_add_cached_round_trip(run: Run, site: Path, imported: Path) ->
     assert [row.split()[4] for row in rows[1:]] == ["-", "-", "yes"]
     status = run("status").stdout.splitlines()
     assert status[1].split()[:7] == ["HOST", "IP", "BASE@GEN", "OVERLAYS", "MODE", "CACHE", "LAST"]
-    assert [row.split()[5] for row in status[2:]] == ["-", "-", "yes"]
+    assert [row.split()[5] for row in status[2:5]] == ["-", "-", "yes"]
+    # Below the table, what each cached host last reported: pc3 has not booted yet.
+    assert status[5:] == ["", "cached hosts, as their cache daemons last reported:"] + [
+        "  pc3          no report yet (a client writes one a few seconds after it boots cached)"
+    ]
     run("host", "remove", "pc3", "--purge")
     assert (site / "hostcfg/hosts.toml").read_text() == HOSTS
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-NETBOOT = "netboot layers, DHCP and TFTP apart"
+NETBOOT = "netboot layers, DHCP, TFTP and HTTP apart"
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 pytestmark = pytest.mark.skipif(not LINT_IMPORTS.exists(), reason="import-linter not installed")
@@ -51,9 +51,14 @@ def test_the_package_keeps_every_contract() -> None:
         ("cache/stats.py", "import rootfs.exports.model", "Layers point down"),
         # DHCP and TFTP know nothing of each other.
         ("netboot/tftp/server.py", "import rootfs.netboot.dhcp.packet", NETBOOT),
+        ("netboot/http/server.py", "import rootfs.netboot.tftp.server", NETBOOT),
+        ("netboot/tftp/server.py", "import rootfs.netboot.http.plan", NETBOOT),
         # A sans-IO codec does no I/O, not even through the standard library.
         ("netboot/dhcp/packet.py", "import socket", "Pure cores do no I/O"),
         ("tree/compose.py", "import os", "Pure cores do no I/O"),
+        ("netboot/http/plan.py", "import trio", "Pure cores do no I/O"),
+        # The shared name check is pure; reaching the disk through it would make HTTP's core impure.
+        ("netboot/boot/paths.py", "import rootfs.netboot.boot.bootdir", "Pure cores do no I/O"),
     ],
 )
 def test_a_wrong_import_breaks_its_contract(

@@ -87,7 +87,7 @@ async def test_serve_reloads_and_stops_cleanly(
         "ROOTFS_STATE_DIR": str(tmp_path / "state"),
         "ROOTFS_EXPORT_ROOT": str(tmp_path / "export"),
     }
-    argv = [sys.executable, "-m", "rootfs", "serve", "--no-dhcp", "--tftp-port", "0",
+    argv = [sys.executable, "-m", "rootfs", "serve", "--no-dhcp", "--no-http", "--tftp-port", "0",
             "--tftp-address", "127.0.0.1"]  # fmt: skip
     proc = await trio.lowlevel.open_process(argv, env=env, stderr=subprocess.PIPE)
     serve = ServeProcess(proc)

@@ -22,12 +22,13 @@ def _when(t: float) -> str:
               help="Events to show for one client.")  # fmt: skip
 @click.pass_obj
 def trace(ctx: Context, client: str | None, limit: int) -> None:
-    """Show the boot trace: DHCP and TFTP events per client.
+    """Show the boot trace: DHCP, TFTP and HTTP events per client.
 
     \b
     Without CLIENT: one line per client seen, most recent first, with its last event.
     With a host name or MAC: that client's events, oldest first, so the last line shows where
-    its boot stopped (no DHCP reply, no TFTP request after the ACK, a failed transfer ...).
+    its boot stopped (no DHCP reply, no TFTP or HTTP request after the ACK, a failed
+    transfer, an HTTP 404 ...).
     """
     log = TraceLog(ctx.state.root / "trace")
     if client is None:

@@ -9,10 +9,11 @@ proxy = false                  # proxyDHCP: boot information only, another serve
 hostname = true                # send option 12 (option 17 always carries the full root path)
 leases_file = "/var/lib/rootfs/dhcp/leases.journal"   # default: <state>/dhcp/leases.journal
 
-[dhcp.boot_files]              # chosen by option 93 / 77; {name} {ip} {mac} are filled in per host
+[dhcp.boot_files]              # by option 93 / 77; {name} {ip} {mac} {server} filled in per host
 bios = "pxelinux.0"
-efi64 = "grubnetx64.efi"
-ipxe = "boot.ipxe"
+efi64 = "grubnetx64.efi"       # UEFI HTTP Boot clients get it too, as a URL on the HTTP front end
+ipxe = "boot.ipxe"             # a URL on the HTTP front end when that is on;
+                               # "tftp://{server}/boot.ipxe" keeps iPXE on TFTP
 
 [hosts.pc1.dhcp]               # in hostcfg/hosts.toml
 boot_file = "ipxe.efi"         # this host's boot file whatever its firmware says
@@ -25,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from ipaddress import AddressValueError, IPv4Address
 from pathlib import Path
+from string import Formatter
 
 from rootfs.config.tomlconf import (
     ConfigTable,
@@ -42,6 +44,8 @@ DEFAULT_LEASE_TIME = 86400
 # Options the server computes itself (or that make no sense in a reply); a per-host value would
 # either be ignored or break the exchange, so the inventory may not set them.
 RESERVED_OPTIONS = frozenset({0, 50, 51, 52, 53, 54, 55, 57, 58, 59, 61, 82, 255})
+# What a boot file name may say in braces, filled in per host when DHCP answers.
+BOOT_FILE_FIELDS = ("name", "ip", "mac", "server")
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,15 @@ def _file_name(value: object) -> str:
     text = string(value)
     if not text or len(text.encode()) > 127:  # 128-byte file field, NUL-terminated (RFC 2131 §2)
         raise Invalid(f"{text!r} must be 1 to 127 bytes to fit the BOOTP file field")
+    try:
+        fields = {f for _, f, _, _ in Formatter().parse(text) if f is not None}
+    except ValueError as e:
+        raise Invalid(f"{text!r}: {e}; write a literal brace as {{{{ or }}}}") from None
+    if unknown := sorted(fields - set(BOOT_FILE_FIELDS)):
+        raise Invalid(
+            f"{text!r} names {{{unknown[0]}}}; the fields are "
+            + ", ".join(f"{{{f}}}" for f in BOOT_FILE_FIELDS)
+        )
     return text
 
 

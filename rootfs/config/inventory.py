@@ -347,6 +347,22 @@ SITE_TEMPLATE = """\
 #dns = ["10.0.0.1"]
 # DNS search domain handed out by DHCP (optional).
 #domain = "lab.example"
+
+#[http]
+# `rootfs serve` also serves the boot directory and the per-host configs over HTTP (the same
+# files TFTP serves, by the same names). enabled, address and port are read when it starts.
+#enabled = true
+#address = "0.0.0.0"
+#port = 80
+# Open connections at most; one more is answered 503 (Service Unavailable) and closed.
+#max_connections = 1024
+# Seconds a client may take to send a request's line and headers (against slow "slowloris"
+# clients), may keep an idle connection open between requests, and may stop reading a response.
+#header_timeout = 10.0
+#idle_timeout = 30.0
+#send_timeout = 30.0
+# Bytes of request line and headers at most; more is answered 431.
+#max_header_bytes = 16384
 """
 
 HOSTS_TEMPLATE = """\

@@ -22,6 +22,7 @@ from rootfs.config.boot import (
 )
 from rootfs.config.dhcp import DhcpConfig, HostDhcp, parse_dhcp_config, parse_host_dhcp
 from rootfs.config.exports import ExportsConfig, parse_exports_config
+from rootfs.config.http import HttpConfig, parse_http_config
 from rootfs.config.policy import UpdateConfig, parse_update_config
 from rootfs.config.tftp import TftpConfig, parse_tftp_config
 from rootfs.config.tomlconf import (
@@ -119,6 +120,7 @@ class SiteConfig:
     exports: ExportsConfig = field(default_factory=ExportsConfig)
     dhcp: DhcpConfig = field(default_factory=DhcpConfig)
     tftp: TftpConfig = field(default_factory=TftpConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     boot: BootConfig = field(default_factory=BootConfig)
     update: UpdateConfig = field(default_factory=UpdateConfig)
 
@@ -256,6 +258,8 @@ def _parse_site(text: str, *, root: Path, environ: Mapping[str, str]) -> SiteCon
             dhcp = parse_dhcp_config(t)
         with doc.table("tftp") as t:
             tftp = parse_tftp_config(t)
+        with doc.table("http") as t:
+            http = parse_http_config(t)
         with doc.table("boot") as t:
             boot = parse_boot_config(t)
         with doc.table("update") as t:
@@ -282,6 +286,7 @@ def _parse_site(text: str, *, root: Path, environ: Mapping[str, str]) -> SiteCon
         exports=exports,
         dhcp=dhcp,
         tftp=tftp,
+        http=http,
         boot=boot,
         update=update,
     )

@@ -1,6 +1,6 @@
-"""`rootfs serve`: the boot front end (DHCP and TFTP) in one trio nursery, from one inventory.
+"""`rootfs serve`: the boot front end (DHCP, TFTP and HTTP) in one trio nursery, from one inventory.
 
-Both services read the same `Site` value; a reload (SIGHUP, or site.toml / hosts.toml changing on
+The services read the same `Site` value; a reload (SIGHUP, or site.toml / hosts.toml changing on
 disk) loads the site once and hands the new value to each. A site that fails to load is logged and
 the old one kept: a typo in hosts.toml must not take the boot server down. Transfers and leases in
 flight are untouched by a reload. SIGTERM and SIGINT cancel the nursery: sockets close, in-flight
@@ -25,6 +25,7 @@ import trio
 
 from rootfs.config.site import Site
 from rootfs.errors import UserError
+from rootfs.netboot.http.server import HttpService
 from rootfs.netboot.tftp.server import TftpService
 from rootfs.netboot.trace import TraceLog
 from rootfs.store.state import State
@@ -34,7 +35,7 @@ WATCH_INTERVAL = 2.0  # seconds between checks of the inventory files for change
 
 
 class Service(Protocol):
-    """What `serve` needs of a protocol server (TftpService, DhcpService)."""
+    """What `serve` needs of a protocol server (TftpService, DhcpService, HttpService)."""
 
     def reload(self, site: Site) -> None: ...
 
@@ -49,6 +50,9 @@ class ServeOptions:
     dhcp: bool = True
     tftp_port: int | None = None
     tftp_address: str | None = None
+    http: bool = True  # and [http] enabled
+    http_port: int | None = None
+    http_address: str | None = None
     watch_interval: float = WATCH_INTERVAL
 
 
@@ -75,6 +79,9 @@ def make_services(site: Site, options: ServeOptions) -> list[tuple[str, Service]
     if options.tftp:
         tftp = TftpService(site, state, trace, port=options.tftp_port, address=options.tftp_address)
         services.append(("tftp", tftp))
+    if options.http and site.config.http.enabled:
+        http = HttpService(site, state, trace, port=options.http_port, address=options.http_address)
+        services.append(("http", http))
     return services
 
 
@@ -91,24 +98,34 @@ async def serve(
     site = load()
     services = make_services(site, options)
     if not services:
-        raise UserError("nothing to serve: both --no-dhcp and --no-tftp given")
+        raise UserError(
+            "nothing to serve: --no-dhcp, --no-tftp and --no-http (or [http] enabled = false)"
+        )
+    failed: UserError | None = None  # a service that could not start (a port in use ...)
     with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            for name, service in services:
-                await nursery.start(service.run)
-                log.info("serve: %s started", name)
-            reloader = _Reloader(load, services, _watched(site))
-            nursery.start_soon(reloader.watch, options.watch_interval)
-            log.info("serve: ready (%s)", ", ".join(name for name, _ in services))
-            task_status.started(services)
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    log.info("serve: SIGHUP, reloading the site")
-                    reloader.reload()
-                    continue
-                log.info("serve: %s, stopping", signal.Signals(signum).name)
+            try:
+                for name, service in services:
+                    await nursery.start(service.run)
+                    log.info("serve: %s started", name)
+            except UserError as e:  # raised below, outside the nursery: one line, no traceback
+                failed = e
                 nursery.cancel_scope.cancel()
-                break
+            else:
+                reloader = _Reloader(load, services, _watched(site))
+                nursery.start_soon(reloader.watch, options.watch_interval)
+                log.info("serve: ready (%s)", ", ".join(name for name, _ in services))
+                task_status.started(services)
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        log.info("serve: SIGHUP, reloading the site")
+                        reloader.reload()
+                        continue
+                    log.info("serve: %s, stopping", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    break
+    if failed is not None:
+        raise failed
     for name, service in services:  # what each server counted, for the journal
         counters: dict[str, int] = getattr(service, "stats", {})
         if counters:

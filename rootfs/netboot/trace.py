@@ -1,8 +1,8 @@
-"""The boot trace: every DHCP and TFTP event per client, so a stalled boot can be located.
+"""The boot trace: every DHCP, TFTP and HTTP event per client, so a stalled boot can be located.
 
 Events are appended as JSON lines to ``<state>/trace/events.jsonl``: one small
-``write`` per event on a file opened with O_APPEND, so lines from the DHCP and
-TFTP servers never interleave mid-line, and a crash loses at most the event
+``write`` per event on a file opened with O_APPEND, so lines from the DHCP,
+TFTP and HTTP servers never interleave mid-line, and a crash loses at most the event
 being written. No fsync: the trace is a diagnostic, not a ledger (leases have
 their own durable journal). ``rootfs trace`` reads it back, newest last.
 """
@@ -25,8 +25,8 @@ class TraceEvent:
     """One step of a client's boot."""
 
     time: float
-    source: str  # "dhcp" or "tftp"
-    event: str  # e.g. "discover", "offer", "ack", "rrq", "transfer-done", "transfer-failed"
+    source: str  # "dhcp", "tftp" or "http"
+    event: str  # e.g. "discover", "ack", "rrq-refused", "transfer-done", "request" (HTTP)
     mac: str | None = None  # lowercase colon form, when known
     ip: str | None = None
     host: str | None = None  # inventory name, when known

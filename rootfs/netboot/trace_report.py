@@ -74,6 +74,14 @@ def last_boot_times(events: Iterable[TraceEvent]) -> dict[str, float]:
 def describe(event: TraceEvent) -> str:
     """One line for an event: what was asked, what was answered, and anything notable."""
     detail = dict(event.detail)
+    if event.source == "http" and event.event == "request":
+        # "GET /vmlinuz 200 10485760 bytes": what a web server's access log says first.
+        text = "{} {} {} {} bytes".format(
+            *(detail.pop(k, "-") for k in ("method", "path", "status", "bytes"))
+        )
+        reason = detail.pop("reason", None)
+        extras = " ".join(f"{k}={v}" for k, v in detail.items())
+        return text + (f"  {extras}" if extras else "") + (f"  ({reason})" if reason else "")
     reply = detail.pop("reply", None)
     reason = detail.pop("reason", None)
     detail.pop("xid", None)

@@ -194,6 +194,11 @@ class Packet:
         """PXE firmware says so in option 60 (PXE 2.1 §2.2)."""
         return (self.get(OPT_VENDOR_CLASS) or b"").startswith(b"PXEClient")
 
+    @property
+    def http_client(self) -> bool:
+        """UEFI HTTP Boot firmware says so in option 60 (UEFI 2.9 §24.7.2: "HTTPClient:...")."""
+        return (self.get(OPT_VENDOR_CLASS) or b"").startswith(b"HTTPClient")
+
 
 def decode_untrusted(data: bytes) -> Packet:
     """Parse one UDP payload from the network. Raises only MalformedPacket."""

@@ -61,6 +61,9 @@ RELAY_INFO_LIMIT = 255  # RFC 3046 §2.1
 LOG_INTERVAL = 60.0  # an ignored MAC is logged at most once a minute
 PXE_DISCOVERY_CONTROL = bytes((6, 1, 8, 255))  # PXE 2.1 §2.4.3: sub-option 6 = 8, boot at once
 PXE_CLIENT = b"PXEClient"  # PXE 2.1 §2.2: option 60 echoed to PXE firmware
+# UEFI 2.9 §24.7.2: an offer is an HTTP Boot offer only if option 60 says "HTTPClient"; the firmware
+# then takes the boot file (option 67 / file field) as a URI and ignores PXE's option 43.
+HTTP_CLIENT = b"HTTPClient"
 IPXE = b"iPXE"  # iPXE's user-class (option 77)
 # Options boot needs, sent even when the parameter request list leaves them out: udhcpc does not
 # ask for 17, and PXE ROMs ask for little, yet the boot fails without them.
@@ -73,7 +76,13 @@ _ALWAYS = (
     OPT_VENDOR_CLASS,
     OPT_VENDOR,
 )
-_ARCH_FILES = {0: "bios", 6: "efi32", 7: "efi64", 9: "efi64", 10: "arm32", 11: "arm64"}  # RFC 4578
+# RFC 4578 §2.1 and IANA's processor architecture types: 0-11 boot over PXE/TFTP, 15/16/18/19 are
+# the same UEFI machines booting over HTTP (UEFI 2.9 §24.7.2); both get the same loader per machine.
+_ARCH_FILES = {
+    0: "bios", 6: "efi32", 7: "efi64", 9: "efi64", 10: "arm32", 11: "arm64",
+    15: "efi32", 16: "efi64", 18: "arm32", 19: "arm64",
+}  # fmt: skip
+_URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
@@ -193,6 +202,7 @@ class Responder:
             for h in site.hosts
         }
         self.reserved = frozenset(h.ip for h in site.hosts)
+        self.http_base = http_base_url(site)
         self._bodies: dict[object, tuple[tuple[int, bytes], ...]] = {}
         for low, high in self.config.pool:
             if not any(low in s.network and high in s.network for s in site.config.subnets):
@@ -439,7 +449,8 @@ class Responder:
             ]
         boot_file = self._boot_file(packet, client) if client is not None else None
         prl = packet.get(OPT_PARAM_REQUEST)
-        key = (ip, packet.ciaddr, network, client, boot_file, prl, packet.pxe_client)
+        key = (ip, packet.ciaddr, network, client, boot_file, prl, packet.pxe_client,
+               packet.http_client)  # fmt: skip
         body = self._bodies.get(key)
         if body is None:
             # The same client asks the same way each boot stage: build its options once.
@@ -458,7 +469,7 @@ class Responder:
             yiaddr=ip,
             siaddr=server if client is not None else ZERO,
             giaddr=packet.giaddr,
-            file=boot_file.encode() if boot_file else b"",
+            file=_file_field(boot_file),
             options=(*head, *body, *tail),  # RFC 3046 §2.2: option 82 goes last
         )
 
@@ -486,7 +497,9 @@ class Responder:
             offered[OPT_ROOT_PATH] = client.root_path
             offered[OPT_TFTP_SERVER] = str(self.site.config.server_address).encode()
             offered[OPT_BOOTFILE] = boot_file.encode()
-            if packet.pxe_client:
+            if packet.http_client:
+                offered[OPT_VENDOR_CLASS] = HTTP_CLIENT
+            elif packet.pxe_client:
                 offered[OPT_VENDOR_CLASS] = PXE_CLIENT
                 offered[OPT_VENDOR] = PXE_DISCOVERY_CONTROL
             offered.update(client.extra)  # the inventory has the last word
@@ -494,7 +507,7 @@ class Responder:
 
     def _proxy_reply(self, packet: Packet, mtype: int, client: Client, link: Link) -> Packet:
         server = self.site.config.server_address
-        boot_file = self._boot_file(packet, client).encode()
+        boot_file = (self._boot_file(packet, client) or "").encode()
         return Packet(
             op=BOOTREPLY,
             htype=packet.htype,
@@ -504,7 +517,7 @@ class Responder:
             ciaddr=packet.ciaddr,
             siaddr=server,
             giaddr=packet.giaddr,
-            file=boot_file,
+            file=_file_field(boot_file.decode()),
             options=(
                 (OPT_MESSAGE_TYPE, bytes((mtype,))),
                 (OPT_SERVER_ID, link.address.packed),
@@ -517,18 +530,31 @@ class Responder:
             ),
         )
 
-    def _boot_file(self, packet: Packet, client: Client) -> str:
+    def _boot_file(self, packet: Packet, client: Client) -> str | None:
         """The per-host override, else the iPXE script for iPXE (it would load iPXE again and
-        loop), else by the firmware's first architecture (RFC 4578 §2.1), BIOS when absent."""
+        loop), else by the firmware's first architecture (RFC 4578 §2.1), BIOS when absent.
+
+        With the HTTP front end on, iPXE's script and everything an HTTP Boot client asks for
+        are URLs on it (a name that is already a URL is left alone, so `tftp://...` keeps iPXE
+        on TFTP); firmware that only speaks TFTP gets a plain name as before. An HTTP Boot
+        client gets nothing to boot (None) while HTTP is off: a name would not be a URI to it.
+        """
         files: BootFiles = self.config.boot_files
         if client.boot_file is not None:
-            name = client.boot_file
+            name, over_http = client.boot_file, packet.http_client
         elif IPXE in packet.user_classes:
-            name = files.ipxe
+            name, over_http = files.ipxe, True
         else:
             arches = packet.architectures
             name = getattr(files, _ARCH_FILES.get(arches[0] if arches else 0, "bios"))
-        return name.format(name=client.name, ip=client.ip, mac=client.mac)
+            over_http = packet.http_client
+        server = self.site.config.server_address
+        name = name.format(name=client.name, ip=client.ip, mac=client.mac, server=server)
+        if not over_http or _URL.match(name):
+            return name
+        if self.http_base is None:
+            return None if packet.http_client else name
+        return f"{self.http_base}/{name.lstrip('/')}"
 
     def _nak(self, packet: Packet, link: Link, reason: str, client: Client | None) -> Outcome:
         reply = Packet(
@@ -624,6 +650,22 @@ class Responder:
             trace=fresh,
             detail=_detail(packet, None),
         )
+
+
+def http_base_url(site: Site) -> str | None:
+    """Where clients reach the HTTP front end (`http://<server>[:port]`), None when it is off."""
+    http = site.config.http
+    if not http.enabled:
+        return None
+    port = "" if http.port == 80 else f":{http.port}"
+    return f"http://{site.config.server_address}{port}"
+
+
+def _file_field(boot_file: str | None) -> bytes:
+    """The BOOTP file field holds 127 bytes and a NUL (RFC 2131 §2); a longer URL travels in
+    option 67 alone, which every client that understands URLs reads."""
+    data = (boot_file or "").encode()
+    return data if len(data) <= 127 else b""
 
 
 def _order(

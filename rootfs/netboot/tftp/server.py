@@ -19,13 +19,14 @@ from ipaddress import IPv4Address
 import trio
 
 from rootfs.config.site import Host, Site
-from rootfs.config.tftp import TftpConfig, boot_dir
-from rootfs.netboot.boot.files import VirtualFile, unregistered_file, virtual_file
+from rootfs.config.tftp import TftpConfig
+from rootfs.netboot.boot.bootdir import OpenFile, lookup
+from rootfs.netboot.boot.files import VirtualFile
+from rootfs.netboot.boot.paths import PathRefused
 from rootfs.netboot.tftp.engine import Job, Peer, TransferEngine
 from rootfs.netboot.tftp.packet import (
     ERR_ACCESS,
     ERR_ILLEGAL_OP,
-    ERR_NOT_FOUND,
     ERR_UNDEFINED,
     OPCODE_RRQ,
     OPCODE_WRQ,
@@ -35,7 +36,7 @@ from rootfs.netboot.tftp.packet import (
     WriteRequest,
     decode_untrusted,
 )
-from rootfs.netboot.tftp.paths import CleanName, OpenFile, Refused, clean_untrusted, open_in_root
+from rootfs.netboot.tftp.paths import CleanName, Refused, clean_untrusted
 from rootfs.netboot.tftp.transfer import MODES, Limits, ReadTransfer, to_netascii
 from rootfs.netboot.trace import TraceLog
 from rootfs.store.state import State
@@ -196,23 +197,13 @@ class TftpService:
         return None
 
     def _open(self, name: CleanName, client: IPv4Address, netascii: bool) -> _Source:
-        site = self._site
-        generated = virtual_file(site, name.relative, client)
-        if generated is None:
-            root = boot_dir(
-                site.config.tftp, site_root=site.root, export_root=site.config.export_root
-            )
-            try:
-                opened = open_in_root(root, name)
-            except Refused as e:
-                if e.code != ERR_NOT_FOUND or site.config.tftp.unknown_clients != "menu":
-                    raise
-                generated = unregistered_file(name.relative, client)
-                if generated is None:
-                    raise
-            else:
-                return self._file_source(opened, client, netascii)
-        return self._bytes_source(generated.content, generated, netascii)
+        try:
+            found = lookup(self._site, name, client)
+        except PathRefused as e:
+            raise Refused.of(e) from None
+        if isinstance(found, OpenFile):
+            return self._file_source(found, client, netascii)
+        return self._bytes_source(found.content, found, netascii)
 
     def _file_source(self, opened: OpenFile, client: IPv4Address, netascii: bool) -> _Source:
         host = _host_by_ip(self._site, client)

@@ -1,0 +1,1 @@
+"""HTTP front end of `rootfs serve`: a pure request core and a trio server around h11."""
