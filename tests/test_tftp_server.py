@@ -451,6 +451,28 @@ async def test_silent_client_is_abandoned_after_bounded_retries(
     assert server.service.active_transfers == 0
 
 
+async def test_at_max_transfers_a_request_is_left_for_the_client_to_resend(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """An ERROR would end the boot of the client that asked (iPXE, PXE ROMs and atftp give up
+    on one); no answer makes it send the request again, and that one is served."""
+    server = await start_server(nursery, tmp_path / "site", tftp="max_transfers = 1\n")
+    server.put("f", blob(5000))
+    async with RawClient(server.port) as holder, RawClient(server.port) as waiter:
+        await holder.send_raw(ReadRequest(b"f", "octet").encode())
+        first = await holder.recv()  # the only slot is taken; its client does not ACK yet
+        assert isinstance(first, Data)
+        await waiter.send_raw(ReadRequest(b"f", "octet").encode())
+        await waiter.expect_nothing(0.5)
+        for block in range(1, 11):  # the holder finishes: 5000 bytes are 10 blocks of 512
+            await holder.send(Ack(block))
+            if block < 10:
+                assert isinstance(await holder.recv(), Data)
+        assert await waiter.download(b"f") == blob(5000)  # its resent request is served
+    (busy,) = await server.events("rrq-busy")
+    assert busy["detail"]["file"] == "f" and "max_transfers" in str(busy["detail"])  # type: ignore[index]
+
+
 MALFORMED: list[bytes] = [
     b"",
     b"\x00",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -46,6 +47,7 @@ log = logging.getLogger("rootfs.tftp")
 IP_PKTINFO = 8  # <linux/in.h>: recvmsg reports each datagram's destination address
 _PKTINFO = struct.Struct("=i4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
 RECV_SIZE = 65536  # whole datagrams: a truncated read would hide an oversized request
+BUSY_LOG_INTERVAL = 10.0  # seconds between "tftp busy" lines while requests are dropped
 NETASCII_LIMIT = 64 << 20  # netascii is converted in memory; boot files in text mode are small
 
 
@@ -93,6 +95,8 @@ class TftpService:
         self._port = site.config.tftp.port if port is None else port
         self._address = str(site.config.tftp.address) if address is None else address
         self._active: dict[Peer, Job] = {}
+        self._dropped = 0  # requests left unanswered at max_transfers, since start
+        self._busy_logged = -BUSY_LOG_INTERVAL
         self._engine: TransferEngine | None = None
         self.port: int | None = None  # the bound port, once run() has started
 
@@ -173,8 +177,12 @@ class TftpService:
             # size probe). Either way the old transfer is dead; serve the new request.
             self._engine.cancel(old)
         elif len(self._active) >= self._site.config.tftp.max_transfers:
-            self._refused(peer, packet.filename, "too many transfers", ERR_UNDEFINED)
-            return Error(ERR_UNDEFINED, "server busy; try again")
+            # No answer: an ERROR is final to iPXE, PXE ROMs and atftp alike, while a request
+            # left unanswered is sent again after the client's timeout, by when slots are free.
+            # (A 500-client storm filled the 512 slots for a second with finished transfers
+            # whose last ACK was still queued, and an ERROR then failed one client in five.)
+            self._busy(peer, packet.filename)
+            return None
         try:
             name = clean_untrusted(packet.filename)
             try:
@@ -233,6 +241,28 @@ class TftpService:
             lambda: None,
             generated.host if generated else host,
             f"generated {generated.kind}" if generated else "file",
+        )
+
+    def _busy(self, peer: Peer, filename: bytes) -> None:
+        """A request dropped at `max_transfers`: traced, and logged once per interval."""
+        self._dropped += 1
+        now = time.monotonic()
+        if now - self._busy_logged >= BUSY_LOG_INTERVAL:
+            self._busy_logged = now
+            log.warning(
+                "tftp busy: %d transfers (max_transfers); %d requests left unanswered so far,"
+                " clients send them again",
+                len(self._active),
+                self._dropped,
+            )
+        host = _host_by_ip(self._site, IPv4Address(peer[0]))
+        self._record(
+            "rrq-busy",
+            mac=host.mac if host else None,
+            ip=peer[0],
+            host=host.name if host else None,
+            file=filename.decode("utf-8", "backslashreplace"),
+            reason="server busy (max_transfers); left unanswered for the client to retry",
         )
 
     def _refused(self, peer: Peer, filename: bytes, reason: str, code: int) -> None:
