@@ -27,7 +27,7 @@ DEB_PACKAGES += ovmf grub-efi-amd64-signed wget
 # peers only the benchmarks run (bench-http, bench-storm)
 BENCH_PACKAGES := nginx-light
 # Each benchmark runs its peer in the same run and prints ratios; `make bench` runs them all.
-BENCHES := build update dhcp tftp cache cachedboot
+BENCHES := build update dhcp tftp http cache cachedboot storm
 
 # Reinstall the venv whenever pyproject.toml's content (not just its mtime) changes.
 PYPROJECT_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)

@@ -14,8 +14,11 @@ import re
 import selectors
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +28,17 @@ from typing import IO
 from netns import kill_lab
 
 QEMU = "qemu-system-x86_64"
+# QEMU's default ROM for virtio-net-pci: one PCI option ROM holding iPXE twice, a legacy image that
+# SeaBIOS runs and an EFI x64 driver that OVMF loads (code type 3), so the same file serves both.
+IPXE_ROM = Path("/usr/lib/ipxe/qemu/efi-virtio.rom")
+OVMF = Path("/usr/share/OVMF")
+# Debian's ovmf: the plain 4 MiB build, and the Secure Boot build (it needs SMM: q35 with smm=on
+# and a pflash only SMM code may write) with Microsoft's KEK and db enrolled and Secure Boot on
+# in its variable store template.
+OVMF_PLAIN = (OVMF / "OVMF_CODE_4M.fd", OVMF / "OVMF_VARS_4M.fd")
+OVMF_SECURE = (OVMF / "OVMF_CODE_4M.secboot.fd", OVMF / "OVMF_VARS_4M.ms.fd")
+FIRMWARES = ("bios", "uefi")
+NIC_ROMS = ("ipxe", "none")
 TOOLS = (QEMU, "ganesha.nfsd", "rpcbind", "ip", "nsenter", "unshare", "apt-get", "dpkg-deb", "nft")
 WAIT = 60.0  # seconds for a daemon to listen on a loaded 2-core machine
 
@@ -32,11 +46,73 @@ WAIT = 60.0  # seconds for a daemon to listen on a loaded 2-core machine
 def missing_tools() -> list[str]:
     """What this machine lacks for a real boot (the test skips and names them)."""
     missing = [t for t in TOOLS if shutil.which(t) is None]
-    if not Path("/usr/lib/ipxe/qemu/efi-virtio.rom").exists():
+    if not IPXE_ROM.exists():
         missing.append("ipxe-qemu")
     if not Path("/dev/net/tun").exists():
         missing.append("/dev/net/tun")
     return missing
+
+
+def missing_uefi(*, secure_boot: bool = False) -> list[str]:
+    """What a UEFI boot needs beyond `missing_tools` (Debian's ovmf package)."""
+    files = OVMF_SECURE if secure_boot else OVMF_PLAIN
+    return [] if all(p.exists() for p in files) else ["ovmf"]
+
+
+def check_machine(firmware: str, nic_rom: str, secure_boot: bool, http_boot: bool) -> None:
+    """Refuse a machine `BootLab.boot` cannot power on, before anything is started."""
+    if firmware not in FIRMWARES or nic_rom not in NIC_ROMS:
+        raise ValueError(f"firmware must be one of {FIRMWARES} and nic_rom one of {NIC_ROMS},"
+                         f" not {firmware!r} and {nic_rom!r}")  # fmt: skip
+    if firmware == "bios" and (nic_rom == "none" or secure_boot):
+        raise ValueError("SeaBIOS boots through the iPXE ROM only, without Secure Boot")
+    if http_boot and (firmware, nic_rom) != ("uefi", "none"):
+        raise ValueError("HTTP Boot is the firmware's own: firmware='uefi', nic_rom='none'")
+    if firmware == "uefi" and (gone := missing_uefi(secure_boot=secure_boot)):
+        raise AssertionError(f"missing: {', '.join(gone)}")
+
+
+def firmware_argv(vars_copy: Path | None, *, secure_boot: bool, http_boot: bool = False
+                  ) -> list[str]:  # fmt: skip
+    """QEMU arguments for the machine and its firmware: SeaBIOS (QEMU's default) when
+    `vars_copy` is None, else OVMF from two pflash chips, its code read-only and `vars_copy` (a
+    fresh copy of the variable store template, so no boot sees what an earlier one wrote: boot
+    entries, shim's SbatLevel) writable.
+
+    OVMF makes four boot entries per NIC, tried in this order: PXEv4, PXEv6, HTTPv4, HTTPv6.
+    `http_boot` turns both PXE entries off (OVMF reads opt/org.tianocore/IPv4PXESupport and
+    IPv6PXESupport from fw_cfg), so its HTTP Boot (HttpBootDxe) is what runs first."""
+    if vars_copy is None:
+        return ["-machine", "q35,accel=tcg"]
+    http = []
+    if http_boot:
+        http = ["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=no",
+                "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no"]  # fmt: skip
+    if secure_boot:
+        # Only SMM code may write the variable store, or the OS could rewrite db and dbx itself.
+        argv = ["-machine", "q35,accel=tcg,smm=on",
+                "-global", "driver=cfi.pflash01,property=secure,value=on"]  # fmt: skip
+    else:
+        argv = ["-machine", "q35,accel=tcg"]
+    code = (OVMF_SECURE if secure_boot else OVMF_PLAIN)[0]
+    return [
+        *argv, *http,
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+        "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
+    ]  # fmt: skip
+
+
+def nic_argv(mac: str, tap: str, *, firmware: str, nic_rom: str) -> list[str]:
+    """The guest's virtio NIC. `nic_rom="ipxe"`: its option ROM is iPXE (QEMU's default file);
+    `"none"`: no ROM, so OVMF's own drivers (VirtioNetDxe, SNP, PXE) boot it. Under OVMF the NIC
+    gets bootindex=1: OVMF does not honour `-boot n`; it puts first the boot entries of the
+    devices QEMU's bootorder names."""
+    netdev = ["-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no"]
+    device = f"virtio-net-pci,netdev=n0,mac={mac}"
+    if firmware == "bios":
+        return ["-boot", "n", *netdev, "-device", device]
+    rom = IPXE_ROM if nic_rom == "ipxe" else ""
+    return [*netdev, "-device", f"{device},romfile={rom},bootindex=1"]
 
 
 @dataclass
@@ -110,6 +186,15 @@ class BootLab:
                 raise AssertionError(f"{what} did not listen on port {port} in {WAIT}s\n{text}")
             time.sleep(0.1)
 
+    def answer_router_solicitations(self, log: Path) -> None:
+        """Answer every IPv6 router solicitation on br0 with an advertisement that offers
+        nothing (router lifetime 0, no prefix, no DHCPv6 flags).
+
+        iPXE configures IPv6 beside DHCPv4 and waits for both before it goes on: with no router
+        on the link its solicitations time out after about 16 s (0.25 + 0.5 + ... + 8 s) on
+        every boot ("Configuring (net0 ...)......"). This answer ends that wait at once."""
+        self.spawn([sys.executable, __file__, "advertise-nothing", "br0"], log=log)
+
     def add_tap(self) -> str:
         """A new tap device on the bridge, for one QEMU guest."""
         name = f"tap{self.taps}"
@@ -129,22 +214,56 @@ class BootLab:
         until: str | None = None,
         disk: Path | None = None,
         on: dict[str, Callable[[], None]] | None = None,
+        firmware: str = "bios",
+        nic_rom: str = "ipxe",
+        secure_boot: bool = False,
+        http_boot: bool = False,
     ) -> Boot:
-        """Power on a QEMU guest that network-boots from its ROM (iPXE) with `mac`, and wait until
-        it powers off, prints `until`, or `timeout` passes; QEMU is killed in any case.
+        """Power on a QEMU guest that network-boots with `mac`, and wait until it powers off,
+        prints `until`, or `timeout` passes; QEMU is killed in any case.
 
         TCG on purpose: the test must hold on machines without KVM (CI), and that is the slow
         case. `-no-reboot` turns a kernel panic or a reboot into an exit instead of a loop.
         `disk` is attached as the guest's virtio disk (/dev/vda); `on` maps console text to
         what to do, once, when it appears (e.g. stop a server under a running client).
+
+        `firmware`: "bios" (SeaBIOS) or "uefi" (OVMF, with a fresh copy of its variable store
+        for this boot). `nic_rom`: "ipxe" boots through the NIC's iPXE ROM, "none" through
+        the firmware's own PXE (UEFI only). `secure_boot`: OVMF's Secure Boot build with
+        Microsoft's keys enrolled, so only signed images run (shim, then what shim trusts).
+        `http_boot`: OVMF boots by its own HTTP Boot instead of PXE (needs nic_rom="none").
         """
+        check_machine(firmware, nic_rom, secure_boot, http_boot)
+        with tempfile.TemporaryDirectory(prefix="rootfs-e2e-vars-") as tmp:
+            vars_copy = None
+            if firmware == "uefi":
+                vars_copy = Path(tmp) / "OVMF_VARS.fd"
+                shutil.copyfile((OVMF_SECURE if secure_boot else OVMF_PLAIN)[1], vars_copy)
+            machine = [
+                *firmware_argv(vars_copy, secure_boot=secure_boot, http_boot=http_boot),
+                "-cpu", "max", "-m", "512", "-smp", "1", "-nographic", "-no-reboot",
+            ]  # fmt: skip
+            return self._power_on(
+                machine, mac, firmware=firmware, nic_rom=nic_rom, timeout=timeout, log=log,
+                echo=echo, until=until, disk=disk, on=on,
+            )  # fmt: skip
+
+    def _power_on(
+        self,
+        machine: list[str],
+        mac: str,
+        *,
+        firmware: str,
+        nic_rom: str,
+        timeout: float,
+        log: Path,
+        echo: IO[str] | None,
+        until: str | None,
+        disk: Path | None,
+        on: dict[str, Callable[[], None]] | None,
+    ) -> Boot:
         tap = self.add_tap()
-        argv = [
-            QEMU, "-machine", "q35,accel=tcg", "-cpu", "max", "-m", "512", "-smp", "1",
-            "-nographic", "-no-reboot",
-            "-boot", "n", "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
-            "-device", f"virtio-net-pci,netdev=n0,mac={mac}",
-        ]  # fmt: skip
+        argv = [QEMU, *machine, *nic_argv(mac, tap, firmware=firmware, nic_rom=nic_rom)]
         if disk is not None:
             argv += ["-drive", f"file={disk},if=virtio,format=raw"]
         pending = dict(on or {})
@@ -300,3 +419,26 @@ def rootfs_argv() -> list[str]:
     """The rootfs CLI of this checkout's virtualenv (the tests run it as a real command)."""
     exe = Path(sys.executable).with_name("rootfs")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "rootfs"]
+
+
+def advertise_nothing(iface: str) -> None:
+    """Reply to router solicitations (ICMPv6 133) on `iface` with an empty router advertisement
+    (134) to all nodes; runs until killed. The kernel fills in the checksum and source."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode())
+    index = socket.if_nametoindex(iface)
+    all_routers = socket.inet_pton(socket.AF_INET6, "ff02::2") + struct.pack("@I", index)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, all_routers)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)  # RFC 4861 §6.1.2
+    # type, code, checksum, cur hop limit, flags, router lifetime, reachable time, retrans timer
+    advert = struct.pack("!BBHBBHII", 134, 0, 0, 0, 0, 0, 0, 0)
+    print("answering router solicitations on", iface, flush=True)
+    while True:
+        data = sock.recv(1500)
+        if data[:1] == b"\x85":  # 133
+            with contextlib.suppress(OSError):  # br0 may still lack its link-local address
+                sock.sendto(advert, ("ff02::1", 0, 0, index))
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["advertise-nothing"]:
+    advertise_nothing(sys.argv[2])

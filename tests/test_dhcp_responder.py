@@ -323,7 +323,7 @@ def test_uefi_http_boot_client_gets_httpclient_and_a_url(responder: Responder) -
     assert out.reply is not None
     assert out.reply.get(OPT_VENDOR_CLASS) == b"HTTPClient"
     assert out.reply.get(OPT_VENDOR) is None  # PXE's discovery control is not for it
-    url = f"http://{SERVER}/grubnetx64.efi".encode()
+    url = f"http://{SERVER}/snponly.efi".encode()  # iPXE: Debian's GRUB cannot HTTP Boot
     assert (out.reply.file, out.reply.get(OPT_BOOTFILE)) == (url, url)
     assert out.reply.get(OPT_ROOT_PATH) == ROOT
 
@@ -335,7 +335,7 @@ def test_http_port_and_tftp_urls(tmp_path: Path) -> None:
     assert ipxe.reply is not None and ipxe.reply.file == f"http://{SERVER}:8080/boot.ipxe".encode()
     http = handle(r, request(PC1_MAC, DHCPDISCOVER, *HTTP_BOOT))
     assert http.reply is not None
-    assert http.reply.file == f"http://{SERVER}:8080/grubnetx64.efi".encode()
+    assert http.reply.file == f"http://{SERVER}:8080/snponly.efi".encode()
     # A name that is already a URL is left alone, for iPXE and for HTTP Boot firmware alike.
     for options in ((OPT_USER_CLASS, b"iPXE"),), HTTP_BOOT:
         out = handle(r, request(PC2_MAC, DHCPDISCOVER, *options))
@@ -357,7 +357,7 @@ def test_http_off_keeps_ipxe_on_tftp_and_gives_http_boot_nothing(tmp_path: Path)
 
 def test_a_url_longer_than_the_file_field_goes_in_option_67_only(tmp_path: Path) -> None:
     name = "a" * 120 + ".efi"
-    r = Responder(site(tmp_path, dhcp=f'[dhcp.boot_files]\nefi64 = "{name}"'), LeaseTable())
+    r = Responder(site(tmp_path, dhcp=f'[dhcp.boot_files]\nhttp_efi64 = "{name}"'), LeaseTable())
     out = handle(r, request(PC1_MAC, DHCPDISCOVER, *HTTP_BOOT))
     assert out.reply is not None and out.reply.file == b""
     assert out.reply.get(OPT_BOOTFILE) == f"http://{SERVER}/{name}".encode()

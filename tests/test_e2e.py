@@ -115,8 +115,9 @@ ganesha_file = "{root / "ganesha" / "rootfs-exports.conf"}"
 
 
 @pytest.fixture
-def lab() -> Iterator[BootLab]:
+def lab(tmp_path: Path) -> Iterator[BootLab]:
     with open_boot_lab(SERVER) as lab:
+        lab.answer_router_solicitations(tmp_path / "router-advert.log")  # iPXE: 16 s less a boot
         yield lab
     # Teardown happened: nothing of the lab may be left running, mounted or configured.
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
@@ -139,6 +140,7 @@ def _serve(site: Site, lab: BootLab, logs: Path) -> None:
     )
     lab.wait_listening(67, what="rootfs serve (DHCP)", udp=True, log=serve_log)
     lab.wait_listening(69, what="rootfs serve (TFTP)", udp=True, log=serve_log)
+    lab.wait_listening(80, what="rootfs serve (HTTP)", log=serve_log)
 
 
 def _boot(lab: BootLab, mac: str, logs: Path, tag: str) -> Boot:

@@ -533,8 +533,10 @@ def test_cli_host_add_cached_round_trip(run: Run, site: Path, imported: Path) ->
     assert status[1].split()[:7] == ["HOST", "IP", "BASE@GEN", "OVERLAYS", "MODE", "CACHE", "LAST"]
     assert [row.split()[5] for row in status[2:5]] == ["-", "-", "yes"]
     # Below the table, what each cached host last reported: pc3 has not booted yet.
-    assert status[5:] == ["", "cached hosts, as their cache daemons last reported:"] + [
-        "  pc3          no report yet (a client writes one a few seconds after it boots cached)"
+    assert status[5:] == [
+        "",
+        "cached hosts, as their cache daemons last reported:",
+        "  pc3          no report yet (a client writes one a few seconds after it boots cached)",
     ]
     run("host", "remove", "pc3", "--purge")
     assert (site / "hostcfg/hosts.toml").read_text() == HOSTS

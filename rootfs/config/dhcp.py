@@ -11,9 +11,11 @@ leases_file = "/var/lib/rootfs/dhcp/leases.journal"   # default: <state>/dhcp/le
 
 [dhcp.boot_files]              # by option 93 / 77; {name} {ip} {mac} {server} filled in per host
 bios = "pxelinux.0"
-efi64 = "grubnetx64.efi"       # UEFI HTTP Boot clients get it too, as a URL on the HTTP front end
+efi64 = "grubnetx64.efi"
 ipxe = "boot.ipxe"             # a URL on the HTTP front end when that is on;
                                # "tftp://{server}/boot.ipxe" keeps iPXE on TFTP
+http_efi64 = "snponly.efi"     # UEFI HTTP Boot (option 93 = 16), as a URL on the HTTP front end;
+                               # other HTTP Boot machines get their PXE file (efi32, arm64, ...)
 
 [hosts.pc1.dhcp]               # in hostcfg/hosts.toml
 boot_file = "ipxe.efi"         # this host's boot file whatever its firmware says
@@ -59,6 +61,10 @@ class BootFiles:
     arm32: str = "grubnetarm.efi"  # option 93 = 10
     arm64: str = "grubnetaa64.efi"  # option 93 = 11
     ipxe: str = "boot.ipxe"  # user-class "iPXE": a script, so iPXE does not chain itself forever
+    # option 93 = 16, UEFI HTTP Boot on x64: iPXE on the firmware's own network driver, which
+    # then boots as iPXE does. Debian 12's signed GRUB cannot: an HTTP Boot leaves its $prefix,
+    # $root and $cmdpath empty and it has no http module, so it stops at its prompt.
+    http_efi64: str = "snponly.efi"
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,7 @@ def parse_dhcp_config(table: ConfigTable) -> DhcpConfig:
         boot_files = BootFiles(
             **{
                 name: t.get(name, _file_name, getattr(defaults, name))
-                for name in ("bios", "efi32", "efi64", "arm32", "arm64", "ipxe")
+                for name in ("bios", "efi32", "efi64", "arm32", "arm64", "ipxe", "http_efi64")
             }
         )
     return DhcpConfig(

@@ -77,10 +77,11 @@ _ALWAYS = (
     OPT_VENDOR,
 )
 # RFC 4578 §2.1 and IANA's processor architecture types: 0-11 boot over PXE/TFTP, 15/16/18/19 are
-# the same UEFI machines booting over HTTP (UEFI 2.9 §24.7.2); both get the same loader per machine.
+# the same UEFI machines booting over HTTP (UEFI 2.9 §24.7.2); x64 has a loader of its own for
+# that (`http_efi64`), the others get their PXE loader as a URL.
 _ARCH_FILES = {
     0: "bios", 6: "efi32", 7: "efi64", 9: "efi64", 10: "arm32", 11: "arm64",
-    15: "efi32", 16: "efi64", 18: "arm32", 19: "arm64",
+    15: "efi32", 16: "http_efi64", 18: "arm32", 19: "arm64",
 }  # fmt: skip
 _URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
