@@ -105,6 +105,10 @@ def main() -> None:
             lab.spawn([*rootfs_argv(), "--site", str(site), "serve"], log=logs / "serve.log",
                       env=env)  # fmt: skip
             lab.wait_listening(67, what="rootfs serve", udp=True)
+            lab.wait_listening(80, what="rootfs serve (HTTP: iPXE loads kernel and initrd over it)")
+            # iPXE's 16 s wait for an IPv6 router is the same in every row; without it the rows
+            # differ by what rootfs does.
+            lab.answer_router_solicitations(logs / "router-advert.log")
             nfs = NfsCounter(lab, ip)
             for round_ in range(opts.rounds):
                 disk = work / f"disk{round_}.img"

@@ -20,6 +20,7 @@ the kernel drops the lock when a killed mount's process dies.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import os
@@ -224,13 +225,12 @@ async def _flusher(fs: CacheFS, config: MountConfig) -> None:
 
 
 async def _reporter(fs: CacheFS, report: Path) -> None:
-    """Write the cache's state to *report* (in SOURCE) soon after the mount, then every
-    REPORT_INTERVAL, skipping while SOURCE is offline. One write at a time, under the source's
-    timeout like every other source call, so a hung NFS write never holds up the mount."""
-    delay = FLUSH_INTERVAL
-    while True:
+    """Write the cache's state to *report* (in SOURCE) a second after the mount (so the server
+    knows at once that the client boots cached), again once the boot's reads are done, then
+    every REPORT_INTERVAL, skipping while SOURCE is offline. One write at a time, under the
+    source's timeout like every other source call, so a hung NFS write never holds up the mount."""
+    for delay in itertools.chain((1.0, 10.0), itertools.repeat(REPORT_INTERVAL)):
         await trio.sleep(delay)
-        delay = REPORT_INTERVAL
         if not fs.source.online:
             continue
         data = {"reported": time.time(), "manifest": fs.manifest_digest, **fs.cache.stats()}
