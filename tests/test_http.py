@@ -16,6 +16,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -254,6 +255,31 @@ async def test_keep_alive_serves_several_requests_on_one_connection(server: Serv
     assert out.stdout.decode().split("\n")[:-1] == ["200 1", "200 0", "404 0", "200 0"]
     assert server.service.stats["connections"] == 1
     assert server.service.stats["requests"] == 4
+
+
+async def test_several_event_loops_share_the_work_and_the_counts(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """[http] loops = 3: connections land on the loops' threads, every answer is right, and
+    `stats` adds up what each loop counted."""
+    server = await start_server(nursery, tmp_path / "site", QUICK + "loops = 3\n")
+    argv = curl("-w", "%{http_code}\n", "-o", "/dev/null", server.url("big.bin"))
+    async with trio.open_nursery() as clients:
+        for _ in range(24):
+            clients.start_soon(run, argv)
+    with trio.fail_after(5):  # a loop counts a chunk just after the kernel took it
+        while server.service.stats["bytes"] < 24 * BIG:
+            await trio.sleep(0.01)
+    assert server.service.stats["bytes"] == 24 * BIG
+    assert server.service.stats["requests"] == 24
+    assert threading.active_count() >= 3  # the main thread and two loops, at least
+    assert [t for t in threading.enumerate() if t.name == "rootfs-http"]
+
+
+@pytest.mark.parametrize("value", ["0", "65", "true"])
+def test_loops_must_be_a_sane_count(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match="loops"):
+        make_site(tmp_path / "site", f"loops = {value}\n")
 
 
 async def test_methods_and_logging(server: Server, caplog: pytest.LogCaptureFixture) -> None:

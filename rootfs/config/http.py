@@ -10,7 +10,8 @@ the size of a request head (`max_header_bytes`; boot loaders send a few hundred 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from rootfs.config.tomlconf import ConfigTable, Invalid, boolean, integer, ipv4
@@ -41,6 +42,9 @@ class HttpConfig:
     send_timeout: float = 30.0
     # Request line plus header fields; more is answered 431 (nginx: 1 KiB line + 4 x 8 KiB).
     max_header_bytes: int = 16384
+    # Event loops serving HTTP, each in its own thread on the same listening socket (nginx:
+    # worker_processes auto). One loop spends a boot storm on one core; see netboot/http/server.
+    loops: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
 
 
 def parse_http_config(table: ConfigTable) -> HttpConfig:
@@ -55,6 +59,7 @@ def parse_http_config(table: ConfigTable) -> HttpConfig:
         idle_timeout=table.get("idle_timeout", _seconds, d.idle_timeout),
         send_timeout=table.get("send_timeout", _seconds, d.send_timeout),
         max_header_bytes=table.get("max_header_bytes", integer(1024, 1 << 20), d.max_header_bytes),
+        loops=table.get("loops", integer(1, 64), d.loops),
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class TraceLog:
         self.directory = directory
         self.path = directory / TRACE_FILE
         self._fd: int | None = None
+        self._lock = threading.Lock()  # HTTP's event loops record from their own threads
 
     def record(
         self,
@@ -69,15 +71,16 @@ class TraceLog:
         """Append one event (and return it, for logging)."""
         entry = TraceEvent(time.time(), source, event, mac, ip, host, dict(detail))
         line = (entry.to_json() + "\n").encode()
-        if self._fd is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(
-                self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
-            )
-        os.write(self._fd, line)
-        if os.fstat(self._fd).st_size > ROTATE_BYTES:
-            os.replace(self.path, self.path.with_name(TRACE_FILE + ".1"))
-            self.close()
+        with self._lock:
+            if self._fd is None:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(
+                    self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
+                )
+            os.write(self._fd, line)
+            if os.fstat(self._fd).st_size > ROTATE_BYTES:
+                os.replace(self.path, self.path.with_name(TRACE_FILE + ".1"))
+                self.close()
         return entry
 
     def close(self) -> None:

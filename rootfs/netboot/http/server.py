@@ -34,6 +34,7 @@ import logging
 import os
 import resource
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -138,19 +139,17 @@ class HttpService:
         self._trace = trace
         self._port = site.config.http.port if port is None else port
         self._address = str(site.config.http.address) if address is None else address
+        # Shared by the event loops (see `run`): changed under the lock, so the connection cap
+        # holds across them. Log rate limits use the monotonic clock: each trio run has its own.
+        self._lock = threading.Lock()
         self._open = 0
         self._rejecting = 0
         self._busy_logged = -BUSY_LOG_INTERVAL
         self._busy_count = 0
         self._fd_logged = -BUSY_LOG_INTERVAL
+        self._counters: list[dict[str, int]] = []  # one per loop's thread, summed by `stats`
+        self._local = threading.local()
         self.port: int | None = None  # the bound port, once run() has started
-        self.stats: dict[str, int] = {
-            "connections": 0,
-            "requests": 0,
-            "bytes": 0,
-            "rejected": 0,
-            "timeouts": 0,
-        }
 
     def reload(self, site: Site) -> None:
         """Use `site` for every connection and request from now on."""
@@ -161,6 +160,25 @@ class HttpService:
     def connections(self) -> int:
         """Connections open now (for tests and status lines)."""
         return self._open
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """What every loop counted: connections, requests, bytes, rejected, timeouts."""
+        total = dict.fromkeys(("connections", "requests", "bytes", "rejected", "timeouts"), 0)
+        with self._lock:
+            for counters in self._counters:
+                for key, n in counters.items():
+                    total[key] += n
+        return total
+
+    def _count(self, key: str, n: int) -> None:
+        """Add to this thread's counter: no lock per sendfile chunk."""
+        counters: dict[str, int] | None = getattr(self._local, "counters", None)
+        if counters is None:
+            counters = self._local.counters = {}
+            with self._lock:
+                self._counters.append(counters)
+        counters[key] = counters.get(key, 0) + n
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled; `task_status.started` gets the bound port."""
@@ -180,12 +198,26 @@ class HttpService:
             listener.listen(min(65535, max(128, config.max_connections)))
             self.port = listener.getsockname()[1]
             log.info("http listening on %s:%d", self._address, self.port)
+            extra = [_Loop(self, listener) for _ in range(config.loops - 1)]
             try:
+                for loop in extra:
+                    loop.start()
                 async with trio.open_nursery() as nursery:
                     task_status.started(self.port)
                     await self._accept(listener, nursery)
             finally:
+                with trio.CancelScope(shield=True):  # the loops use the listener: stop them first
+                    for loop in extra:
+                        await trio.to_thread.run_sync(loop.stop)
                 trio.lowlevel.notify_closing(listener)
+
+    async def serve_extra(self, listener: socket.socket, loop: _Loop) -> None:
+        """The body of an extra loop (its own thread and trio run): accept and serve until
+        `loop.stop`."""
+        with trio.CancelScope() as scope:
+            loop.running(trio.lowlevel.current_trio_token(), scope)
+            async with trio.open_nursery() as nursery:
+                await self._accept(listener, nursery)
 
     # -- connections ------------------------------------------------------------------------
 
@@ -200,18 +232,21 @@ class HttpService:
                     if e.errno in _ACCEPT_IGNORE:
                         continue
                     if e.errno in _ACCEPT_RETRY:  # out of descriptors: the backlog waits
-                        if trio.current_time() - self._fd_logged >= BUSY_LOG_INTERVAL:
+                        if time.monotonic() - self._fd_logged >= BUSY_LOG_INTERVAL:
                             log.error("http cannot accept: %s; retrying", e.strerror)
-                            self._fd_logged = trio.current_time()
+                            self._fd_logged = time.monotonic()
                         await trio.sleep(0.1)
                         break
                     raise
                 sock.setblocking(False)
-                if self._open >= self._site.config.http.max_connections:
+                with self._lock:
+                    full = self._open >= self._site.config.http.max_connections
+                    if not full:
+                        self._open += 1
+                if full:
                     self._busy(sock, peer, nursery)
                     continue
-                self._open += 1
-                self.stats["connections"] += 1
+                self._count("connections", 1)
                 nursery.start_soon(self._connection, sock, peer)
             else:
                 await trio.lowlevel.checkpoint()
@@ -221,9 +256,9 @@ class HttpService:
     def _busy(self, sock: socket.socket, peer: tuple[str, int], nursery: trio.Nursery) -> None:
         """Past the connection cap: a 503 and close (RFC 9110 §15.6.4), unless too many are
         being answered already, then just close."""
-        self.stats["rejected"] += 1
+        self._count("rejected", 1)
         self._busy_count += 1
-        now = trio.current_time()
+        now = time.monotonic()
         if now - self._busy_logged >= BUSY_LOG_INTERVAL:
             log.warning(
                 "http refused %d connection(s) (latest %s:%d): %d open, [http] max_connections"
@@ -231,10 +266,13 @@ class HttpService:
                 self._busy_count, *peer, self._open, self._site.config.http.max_connections,
             )  # fmt: skip
             self._busy_logged, self._busy_count = now, 0
-        if self._rejecting >= REJECTERS:
+        with self._lock:
+            answer = self._rejecting < REJECTERS
+            if answer:
+                self._rejecting += 1
+        if not answer:
             sock.close()
             return
-        self._rejecting += 1
         nursery.start_soon(self._reject, sock, peer)
 
     async def _reject(self, sock: socket.socket, peer: tuple[str, int]) -> None:
@@ -248,7 +286,8 @@ class HttpService:
                 self._record(rec)
             await _linger(sock)
         finally:
-            self._rejecting -= 1
+            with self._lock:
+                self._rejecting -= 1
             _close(sock)
 
     async def _connection(self, sock: socket.socket, peer: tuple[str, int]) -> None:
@@ -272,7 +311,8 @@ class HttpService:
         except Exception:  # a bug in one exchange must not stop the server
             log.exception("http internal error on a connection from %s:%d", *peer)
         finally:
-            self._open -= 1
+            with self._lock:
+                self._open -= 1
             _close(sock)
 
     # -- one request ------------------------------------------------------------------------
@@ -301,7 +341,7 @@ class HttpService:
         except _Timeout as e:
             if not e.partial:  # nothing of a request arrived (an idle connection): just close
                 return "abort"
-            self.stats["timeouts"] += 1
+            self._count("timeouts", 1)
             return await self._refuse(sock, rec, error_plan(408, str(e), close=True))
         except h11.RemoteProtocolError as e:
             if conn.trailing_data[1]:  # the client left mid-request: nobody to answer
@@ -313,12 +353,12 @@ class HttpService:
             return await self._refuse(sock, rec, error_plan(413, "request body too large",
                                                             close=True))  # fmt: skip
 
-        self.stats["requests"] += 1
+        self._count("requests", 1)
         plan, body = self._decide(request, rec)
         try:
             await self._respond(conn, sock, request.method, plan, body, rec, config)
         except _Timeout as e:
-            self.stats["timeouts"] += 1
+            self._count("timeouts", 1)
             conn.send_failed()
             rec.outcome, rec.note = "timeout", str(e)
             return "abort"
@@ -470,7 +510,7 @@ class HttpService:
             out = head + conn.send(h11.Data(data=data)) + conn.send(h11.EndOfMessage())
             await _send_all(sock, out, timeout)
             rec.sent = len(data)
-            self.stats["bytes"] += len(data)
+            self._count("bytes", len(data))
             return
         # The file: h11 counts its length for the framing; the bytes go by sendfile(2).
         conn.send_with_data_passthrough(h11.Data(data=cast(bytes, _Length(plan.length))))
@@ -502,7 +542,7 @@ class HttpService:
                 raise _Shrank
             offset += n
             rec.sent += n
-            self.stats["bytes"] += n
+            self._count("bytes", n)
             if n < want:  # the socket buffer is full: wait instead of a sendfile that fails
                 await _writable(sock, timeout)
             else:
@@ -662,3 +702,44 @@ def _raise_fd_limit(wanted: int) -> None:
             "http: %d file descriptors allowed (hard limit), fewer than [http] max_connections"
             " needs (%d); connections past that wait in the listen queue", target, wanted,
         )  # fmt: skip
+
+
+class _Loop:
+    """One more event loop serving HTTP, in its own thread, on the service's listening socket.
+
+    A single loop spends most of a boot storm in the kernel (sendfile and TCP), on one core,
+    while DHCP waits on the same thread; nginx runs a worker per core. Each extra loop accepts
+    from the same socket (the kernel hands each connection to one of them) and serves its
+    connections itself; sendfile releases the GIL, so the copying runs on every core.
+    """
+
+    def __init__(self, service: HttpService, listener: socket.socket) -> None:
+        self._service = service
+        self._listener = listener
+        self._ready = threading.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._scope: trio.CancelScope | None = None
+        self._thread = threading.Thread(target=self._main, name="rootfs-http", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def running(self, token: trio.lowlevel.TrioToken, scope: trio.CancelScope) -> None:
+        self._token, self._scope = token, scope
+        self._ready.set()
+
+    def stop(self) -> None:
+        """Cancel the loop (its connections close) and wait for its thread. Blocking."""
+        self._ready.wait()
+        if self._token is not None and self._scope is not None:
+            with contextlib.suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(self._scope.cancel)
+        self._thread.join()
+
+    def _main(self) -> None:
+        try:
+            trio.run(self._service.serve_extra, self._listener, self)
+        except BaseException:  # a dead loop must say why, not vanish
+            log.exception("http: an extra event loop stopped")
+        finally:
+            self._ready.set()
