@@ -10,8 +10,7 @@ the size of a request head (`max_header_bytes`; boot loaders send a few hundred 
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from rootfs.config.tomlconf import ConfigTable, Invalid, boolean, integer, ipv4
@@ -44,7 +43,8 @@ class HttpConfig:
     max_header_bytes: int = 16384
     # Event loops serving HTTP, each in its own thread on the same listening socket (nginx:
     # worker_processes auto). One loop spends a boot storm on one core; see netboot/http/server.
-    loops: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    # 0: one per CPU core, at most 4 (decided by the server: this layer does no I/O).
+    loops: int = 0
 
 
 def parse_http_config(table: ConfigTable) -> HttpConfig:
@@ -59,7 +59,7 @@ def parse_http_config(table: ConfigTable) -> HttpConfig:
         idle_timeout=table.get("idle_timeout", _seconds, d.idle_timeout),
         send_timeout=table.get("send_timeout", _seconds, d.send_timeout),
         max_header_bytes=table.get("max_header_bytes", integer(1024, 1 << 20), d.max_header_bytes),
-        loops=table.get("loops", integer(1, 64), d.loops),
+        loops=table.get("loops", integer(0, 64), d.loops),
     )
 
 

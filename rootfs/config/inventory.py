@@ -363,8 +363,8 @@ SITE_TEMPLATE = """\
 #send_timeout = 30.0
 # Bytes of request line and headers at most; more is answered 431.
 #max_header_bytes = 16384
-# Event loops (threads) serving HTTP on the same socket; default one per CPU core, at most 4.
-#loops = 2
+# Event loops (threads) serving HTTP on the same socket; 0: one per CPU core, at most 4.
+#loops = 0
 """
 
 HOSTS_TEMPLATE = """\

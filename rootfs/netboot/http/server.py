@@ -198,7 +198,8 @@ class HttpService:
             listener.listen(min(65535, max(128, config.max_connections)))
             self.port = listener.getsockname()[1]
             log.info("http listening on %s:%d", self._address, self.port)
-            extra = [_Loop(self, listener) for _ in range(config.loops - 1)]
+            loops = config.loops or min(4, os.cpu_count() or 1)
+            extra = [_Loop(self, listener) for _ in range(loops - 1)]
             try:
                 for loop in extra:
                     loop.start()
