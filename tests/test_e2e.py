@@ -30,6 +30,7 @@ from e2e_lab import Boot, BootLab, NfsCounter, missing_tools, open_boot_lab, roo
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER = "192.168.240.1"
+MARKER_APPEND = "console=ttyS0 quiet panic=5 init=/usr/sbin/rootfs-marker"
 PC1 = ("pc1", "52:54:00:e2:e0:01", "192.168.240.11")
 PC2 = ("pc2", "52:54:00:e2:e0:02", "192.168.240.12")
 STRANGER_MAC = "52:54:00:e2:e0:99"
@@ -72,7 +73,13 @@ def _make_base(path: Path, release: str) -> Path:
 
 @pytest.fixture
 def site(tmp_path: Path) -> Site:
-    root = tmp_path / "site"
+    return make_e2e_site(tmp_path)
+
+
+def make_e2e_site(tmp: Path, *, dhcp: str = "", append: str = MARKER_APPEND) -> Site:
+    """A site under `tmp` for the lab's network: the marker overlays, state and exports under
+    `tmp`, ganesha managed by rootfs. `dhcp` is extra TOML after [dhcp] (e.g. its boot_files)."""
+    root = tmp / "site"
     (root / "hostcfg").mkdir(parents=True)
     (root / "hostcfg/hosts.toml").write_text("")
     (root / "ganesha").mkdir()
@@ -83,8 +90,8 @@ def site(tmp_path: Path) -> Site:
 address = "{SERVER}"
 
 [paths]
-state_dir = "{tmp_path / "state"}"
-export_root = "{tmp_path / "tftpboot"}"
+state_dir = "{tmp / "state"}"
+export_root = "{tmp / "tftpboot"}"
 
 [defaults]
 base = "e2e"
@@ -100,9 +107,9 @@ domain = "e2e.test"
 
 [dhcp]
 interfaces = ["br0"]
-
+{dhcp}
 [boot]
-append = "console=ttyS0 quiet panic=5 init=/usr/sbin/rootfs-marker"
+append = "{append}"
 
 [exports]
 backend = "ganesha"

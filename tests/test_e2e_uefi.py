@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,7 +25,17 @@ from pathlib import Path
 
 import pytest
 from e2e_lab import Boot, BootLab, missing_tools, missing_uefi, open_boot_lab
-from test_e2e import CACHE, REPO, SERVER, Site, _assert_booted, _make_base, _serve, _tail
+from test_e2e import (
+    CACHE,
+    MARKER_APPEND,
+    SERVER,
+    Site,
+    _assert_booted,
+    _make_base,
+    _serve,
+    _tail,
+    make_e2e_site,
+)
 
 # How UEFI iPXE fetches boot.ipxe, and so the kernel and initrd it names (relative names):
 # "tftp", or "http" for the HTTP front end of `rootfs serve`.
@@ -38,7 +47,7 @@ HTTP = ("efi-http", "52:54:00:e2:e1:04", "192.168.240.24")
 BOOT_TIMEOUT = 240.0  # seconds from power-on to power-off; 25 to 45 here under TCG
 SIGNED_GRUB = Path("/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed")
 SIGNED_SHIM = Path("/usr/lib/shim/shimx64.efi.signed")
-APPEND = "console=ttyS0 quiet panic=5 init=/usr/sbin/rootfs-marker"
+APPEND = MARKER_APPEND
 
 pytestmark = [
     pytest.mark.e2e,
@@ -63,49 +72,9 @@ def uefi_site(tmp_path_factory: pytest.TempPathFactory) -> Site:
     """A site with the four hosts built, Debian's kernel and rootfs's initramfs, and the loaders
     of `rootfs boot install` (signed GRUB, shim) in the boot directory."""
     tmp = tmp_path_factory.mktemp("uefi")
-    root = tmp / "site"
-    (root / "hostcfg").mkdir(parents=True)
-    (root / "hostcfg/hosts.toml").write_text("")
-    (root / "ganesha").mkdir()
-    for overlay in ("diskless", "e2e-marker"):
-        shutil.copytree(REPO / "overlays" / overlay, root / "overlays" / overlay, symlinks=True)
-    (root / "site.toml").write_text(
-        f"""[server]
-address = "{SERVER}"
-
-[paths]
-state_dir = "{tmp / "state"}"
-export_root = "{tmp / "tftpboot"}"
-
-[defaults]
-base = "e2e"
-overlays = ["diskless", "e2e-marker"]
-mode = "copy"
-nfs_options = "vers=3,nolock,tcp"
-
-[[subnet]]
-network = "192.168.240.0/24"
-gateway = "{SERVER}"
-dns = ["{SERVER}"]
-domain = "e2e.test"
-
-[dhcp]
-interfaces = ["br0"]
-
-[dhcp.boot_files]
-ipxe = "{IPXE_OVER}://{SERVER}/boot.ipxe"
-
-[boot]
-append = "{APPEND}"
-
-[exports]
-backend = "ganesha"
-manage_ganesha = true
-ganesha_file = "{root / "ganesha" / "rootfs-exports.conf"}"
-"""
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOTFS_")}
-    site = Site(root, env)
+    dhcp = f'\n[dhcp.boot_files]\nipxe = "{IPXE_OVER}://{SERVER}/boot.ipxe"\n'
+    site = make_e2e_site(tmp, dhcp=dhcp, append=APPEND)
+    root = site.root
     site.rootfs("base", "import", "e2e", str(_make_base(tmp / "base", "uefi generation")))
     for name, mac, ip in (IPXE, GRUB, SHIM, HTTP):
         site.rootfs("host", "add", name, "--mac", mac, "--ip", ip, "--no-build")
