@@ -86,6 +86,11 @@ def make_site(root: Path, http: str) -> Site:
 
 
 async def start_server(nursery: trio.Nursery, root: Path, http: str = QUICK) -> Server:
+    """The service in this test's trio run. One event loop unless `http` says otherwise: the
+    tests read the log and the trace as soon as a client is done, and an extra loop reports a
+    request on its own thread, a moment after its last byte went out."""
+    if "loops" not in http:
+        http += "loops = 1\n"
     site = make_site(root, http)
     trace = TraceLog(site.config.state_dir / "trace")
     service = HttpService(site, None, trace, port=0, address="127.0.0.1")

@@ -710,8 +710,9 @@ class _Loop:
 
     A single loop spends most of a boot storm in the kernel (sendfile and TCP), on one core,
     while DHCP waits on the same thread; nginx runs a worker per core. Each extra loop accepts
-    from the same socket (the kernel hands each connection to one of them) and serves its
-    connections itself; sendfile releases the GIL, so the copying runs on every core.
+    from the same non-blocking socket (a connection goes to whichever loop's accept takes it;
+    the others get EAGAIN) and serves its connections itself; sendfile releases the GIL, so the
+    copying runs on every core.
     """
 
     def __init__(self, service: HttpService, listener: socket.socket) -> None:
@@ -731,6 +732,8 @@ class _Loop:
 
     def stop(self) -> None:
         """Cancel the loop (its connections close) and wait for its thread. Blocking."""
+        if self._thread.ident is None:  # never started (start() failed for it or an earlier one)
+            return
         self._ready.wait()
         if self._token is not None and self._scope is not None:
             with contextlib.suppress(trio.RunFinishedError):
